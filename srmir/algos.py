@@ -1,0 +1,192 @@
+"""GRPO math as pure functions: tensors in, tensors out.
+
+No config objects and no ``torch.distributed`` here (verl ``core_algos.py`` style); the trainer
+computes global normalisers (token counts, batch sizes) once per step and passes them in, which
+is what makes any split into ranks × micro-batches equal to one big batch (OpenRLHF
+``loss_utils``). Shapes: N = number of completions (groups × G), K = reward models,
+B = sequences in a micro-batch, T = completion tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+_AGG_MODES = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
+    """Group-relative advantages (GRPO, Shao et al. 2024).
+
+    ``rewards`` is ``[N]`` with each group's ``group_size`` entries consecutive. For completion i of
+    group g::
+
+        A_i = (r_i - mean_g) / (std + eps)
+
+    where ``std`` is the unbiased (Bessel) standard deviation of the group (``scale="group"``) or of
+    all finite rewards in the batch (``scale="batch"``; the mean stays per group), and ``scale="none"`` gives ``r_i - mean_g``
+    (Dr. GRPO). NaN rewards mean "unscored": they are left out of every statistic and get A = 0.
+    A group with fewer than two finite rewards gets A = 0, and a zero-variance group gives exactly
+    0 (its numerator is exactly 0). Returns ``[N]`` float32.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"N={rewards.numel()} rewards do not split into groups of {group_size}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    r_GS = rewards.detach().float().view(-1, group_size)  # [groups, G]
+    valid_GS = torch.isfinite(r_GS)
+    n_G = valid_GS.sum(dim=1, keepdim=True)  # finite rewards per group
+    r0_GS = torch.where(valid_GS, r_GS, torch.zeros_like(r_GS))
+    mean_G = r0_GS.sum(dim=1, keepdim=True) / n_G.clamp(min=1)
+    centred_GS = torch.where(valid_GS, r_GS - mean_G, torch.zeros_like(r_GS))
+    if scale == "group":
+        var_G = centred_GS.pow(2).sum(dim=1, keepdim=True) / (n_G - 1).clamp(min=1)
+        adv_GS = centred_GS / (var_G.sqrt() + eps)
+    elif scale == "batch":
+        finite = r_GS[valid_GS]
+        std = finite.std(unbiased=True) if finite.numel() > 1 else finite.new_tensor(0.0)
+        adv_GS = centred_GS / (std + eps)
+    else:
+        adv_GS = centred_GS
+    adv_GS = torch.where(valid_GS & (n_G >= 2), adv_GS, torch.zeros_like(adv_GS))
+    return adv_GS.reshape(-1)
+
+
+def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """Fraction of groups whose finite rewards are all equal (or fewer than two): they carry no signal."""
+    r_GS = rewards.detach().float().view(-1, group_size)
+    valid_GS = torch.isfinite(r_GS)
+    hi = torch.where(valid_GS, r_GS, torch.full_like(r_GS, -float("inf"))).amax(dim=1)
+    lo = torch.where(valid_GS, r_GS, torch.full_like(r_GS, float("inf"))).amin(dim=1)
+    flat = (valid_GS.sum(dim=1) < 2) | (hi == lo)
+    return flat.float().mean().item()
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL").
+
+    With d = logp − ref_logp:  k1 = d;  k2 = ½ d²;  k3 = exp(−d) − (−d) − 1 = exp(ref − logp) − (ref − logp) − 1.
+    k3 is unbiased and never negative. Shapes broadcast; returns the broadcast shape.
+    """
+    if estimator == "k1":
+        return logp - ref_logp
+    if estimator == "k2":
+        return 0.5 * (logp - ref_logp).pow(2)
+    if estimator == "k3":
+        log_ratio = ref_logp - logp
+        return torch.exp(log_ratio) - log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1', 'k2' or 'k3'")
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: Optional[float] = None,
+) -> torch.Tensor:
+    """PPO clipped surrogate, per token.
+
+    ρ = exp(logp − old_logp);  ℓ = max(−A·ρ, −A·clip(ρ, 1 − eps_low, 1 + eps_high)).
+    With ``dual_clip`` c (Ye et al. 2020), for A < 0: ℓ = min(ℓ, −c·A), bounding the loss when ρ ≫ 1.
+    ``logp``/``old_logp`` are ``[B, T]``; ``advantages`` broadcasts (``[B, 1]`` or ``[B, T]``).
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        bounded = torch.minimum(loss, -dual_clip * advantages)
+        loss = torch.where(advantages < 0, bounded, loss)
+    return loss
+
+
+def clip_fraction(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.2
+) -> torch.Tensor:
+    """Fraction of unmasked tokens whose ratio lies outside [1 − eps_low, 1 + eps_high]."""
+    ratio = torch.exp(logp - old_logp)
+    outside = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).float()
+    m = mask.float()
+    return (outside * m).sum() / m.sum().clamp(min=1)
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: Optional[float] = None,
+    max_len: Optional[int] = None,
+    num_seqs: Optional[float] = None,
+) -> torch.Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar over the tokens where ``mask`` is 1.
+
+    - ``"seq_mean_token_mean"`` (GRPO paper): (1/B) Σ_b (Σ_t m ℓ / Σ_t m); a row with no tokens
+      contributes 0. Pass ``num_seqs`` (the global number of sequences) to divide by it instead of
+      the local B, so micro-batch losses add up to the full-batch loss.
+    - ``"token_mean"`` (DAPO): Σ m ℓ / Σ m, or / ``num_tokens`` when the global token count is given.
+    - ``"seq_mean_token_sum_norm"`` (Dr. GRPO): Σ m ℓ / (B · max_len); ``max_len`` defaults to T,
+      and ``num_seqs`` replaces B when given.
+    """
+    m = mask.to(per_token.dtype)
+    masked = per_token * m
+    if mode == "token_mean":
+        denom = m.sum().clamp(min=1) if num_tokens is None else num_tokens
+        return masked.sum() / denom
+    batch = per_token.shape[0] if num_seqs is None else num_seqs
+    if mode == "seq_mean_token_mean":
+        seq_mean = masked.sum(dim=-1) / m.sum(dim=-1).clamp(min=1)
+        return seq_mean.sum() / batch
+    if mode == "seq_mean_token_sum_norm":
+        length = per_token.shape[-1] if max_len is None else max_len
+        return masked.sum() / (batch * length)
+    raise ValueError(f"unknown aggregation {mode!r}; use one of {', '.join(_AGG_MODES)}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ m·v / Σ m (0 when the mask is empty)."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1)
+
+
+def combine_rewards(
+    scores: torch.Tensor,
+    strategy: str,
+    weights: Optional[torch.Tensor | Sequence[float]] = None,
+    categories: Optional[torch.Tensor | Sequence[int]] = None,
+) -> torch.Tensor:
+    """Combine the K shadow-reward scores ``[N, K]`` into one reward ``[N]``.
+
+    - ``"linear"``: r_i = Σ_k w_k s_ik, with w = 1/K when ``weights`` is None.
+    - ``"categorized"``: r_i = s_{i, c_i}, each prompt scored by the RM of its own category
+      ``categories[i]`` (an index in [0, K)).
+    NaN scores propagate (an unscored sample stays NaN and later gets advantage 0).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, K], got shape {tuple(scores.shape)}")
+    n, k = scores.shape
+    if strategy == "linear":
+        if weights is None:
+            w_K = scores.new_full((k,), 1.0 / k)
+        else:
+            w_K = torch.as_tensor(weights, dtype=scores.dtype, device=scores.device)
+            if w_K.shape != (k,):
+                raise ValueError(f"weights must have K={k} entries, got shape {tuple(w_K.shape)}")
+        return scores @ w_K
+    if strategy == "categorized":
+        if categories is None:
+            raise ValueError("categorized rewards need the category index of each sample")
+        c_N = torch.as_tensor(categories, dtype=torch.long, device=scores.device)
+        if c_N.shape != (n,):
+            raise ValueError(f"categories must have N={n} entries, got shape {tuple(c_N.shape)}")
+        if n and (c_N.min() < 0 or c_N.max() >= k):
+            raise ValueError(f"category indices must lie in [0, {k})")
+        return scores.gather(1, c_N[:, None]).squeeze(1)
+    raise ValueError(f"unknown reward strategy {strategy!r}; use 'linear' or 'categorized'")

@@ -1,0 +1,410 @@
+"""Typed configuration: one dataclass per section, loaded from YAML plus ``key.sub=value`` overrides.
+
+The whole run is described by :class:`Config` (sections ``model``, ``data``, ``rewards``,
+``grpo``, ``rollout``, ``train``, ``eval``). It is validated once, at load: an unknown key, a
+value of the wrong type or an impossible combination raises :class:`~srmir.errors.UserError`
+naming the key (``srmir: error: grpo.group_size: ...``), which the CLI turns into exit 2.
+
+Components never see this object (torchtune's "no intrusive configs"): the recipe reads fields
+and passes plain arguments to builders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    policy: str = "embedded:smollm2"
+    """Policy to align: a Hugging Face id, a local folder, or ``embedded:smollm2``."""
+    reference: Optional[str] = None
+    """Frozen reference model for the KL penalty; ``None`` uses the initial policy weights."""
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Compute dtype. With DeepSpeed bf16 the master weights stay fp32 (updates at lr≈1e-6 survive)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel; ``auto`` takes flash_attention_2 when flash-attn is installed on CUDA, else sdpa."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (slower)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model folder (needed by some hub models)."""
+
+
+@dataclass
+class DataConfig:
+    taxonomy: Optional[str] = None
+    """Taxonomy YAML (slugs, descriptions, principles); ``None`` is the shipped 7-category default."""
+    train_file: Optional[str] = None
+    """CoD dataset JSONL (id, category, prompt, chosen, rejected); ``None`` is the shipped demo data."""
+    prompts_file: Optional[str] = None
+    """Prompts for GRPO rollouts (JSONL with prompt, category); ``None`` takes them from train_file."""
+    val_fraction: float = 0.15
+    """Fraction of each category held out for validation (stratified split)."""
+    test_fraction: float = 0.15
+    """Fraction of each category held out for testing (stratified split)."""
+    seed: int = 0
+    """Seed of the stratified split and of balancing."""
+    max_prompt_length: int = 256
+    """Prompts longer than this many tokens are truncated from the left."""
+    balance: Literal["downsample", "upsample", "none"] = "downsample"
+    """Category balancing: down to the smallest category, up (with a warning) to the largest, or none."""
+    max_step_words: int = 5
+    """Chain-of-Draft: the most words a draft step may have."""
+    generator: Literal["local", "openai"] = "local"
+    """Dataset builder backend: a local transformers model or an OpenAI-compatible HTTP server."""
+    generator_model: str = "embedded:smollm2"
+    """Model for the builder: a local model reference, or the server's model name."""
+    api_base: Optional[str] = None
+    """Base URL of the OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never logged)."""
+    concurrency: int = 4
+    """Concurrent HTTP requests for the builder."""
+    request_timeout: float = 60.0
+    """Seconds before an HTTP request is abandoned and retried."""
+    max_retries: int = 5
+    """Retries with exponential backoff on 429, 5xx, timeouts and dropped connections."""
+    requests_per_second: Optional[float] = None
+    """Client-side rate limit for the builder; ``None`` is unlimited."""
+
+
+@dataclass
+class RewardsConfig:
+    backbone: str = "embedded:minilm"
+    """Reward-model backbone (any HF encoder or decoder); all K shadow RMs share it."""
+    dir: Optional[str] = None
+    """Folder of a trained ShadowRewardBank; ``None`` in the pipeline means: train one first."""
+    categories: Optional[list[str]] = None
+    """Train only these categories (``srmir rm train``); ``None`` trains all K."""
+    strategy: Literal["linear", "categorized"] = "linear"
+    """How K scores become one reward: weighted sum, or each prompt's own category's RM."""
+    weights: Union[list[float], Literal["uniform", "frequency"]] = "uniform"
+    """Linear weights: a list of K numbers, ``uniform`` (1/K) or ``frequency`` (category share)."""
+    normalize: bool = True
+    """Standardize each RM's scores with its stored calibration (mean, std) so RMs are comparable."""
+    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    """Pooling of the backbone's states: auto = last non-pad token for decoders, mean for encoders."""
+    max_length: int = 256
+    """Token budget of prompt+response; truncation drops the prompt's start, keeping the response."""
+    epochs: int = 4
+    """Training epochs per category RM."""
+    batch_size: int = 16
+    """Preference pairs per optimizer step (before accumulation)."""
+    grad_accum: int = 1
+    """Gradient accumulation steps for RM training."""
+    lr: float = 5e-5
+    """RM learning rate (AdamW)."""
+    margin: float = 0.0
+    """Bradley–Terry margin m in -log σ(r_c - r_r - m)."""
+    l2_reg: float = 0.0
+    """Small L2 penalty on rewards (r_c² + r_r²) keeping them centred."""
+    patience: int = 2
+    """Early stopping: epochs without validation-accuracy gain before stopping."""
+    shared_trunk: bool = False
+    """Train only K scalar heads over one shared frozen backbone (cheapest; lower accuracy)."""
+    batch_size_score: int = 64
+    """Pairs per batch when scoring during GRPO and evaluation."""
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    """G: completions sampled per prompt; advantages are relative within each group."""
+    beta: float = 0.04
+    """KL penalty coefficient β toward the frozen reference; 0 skips the reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator (Schulman's k1/k2/k3)."""
+    eps_low: float = 0.2
+    """Lower clip range: ratio clipped at 1 - eps_low."""
+    eps_high: float = 0.2
+    """Upper clip range: ratio clipped at 1 + eps_high (DAPO's clip-higher uses a larger value)."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant c > 1 bounding the loss for negative advantages; ``None`` disables."""
+    loss_agg: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """Loss aggregation: GRPO paper, DAPO token mean, or Dr. GRPO."""
+    adv_scale: Literal["group", "batch", "none"] = "group"
+    """Advantage scaling: group std, batch std, or none (Dr. GRPO)."""
+    num_iterations: int = 1
+    """μ: policy updates per rollout batch; >1 needs old log-probs and makes clipping active."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 4
+    """Prompts per step across all ranks; each yields group_size completions."""
+    max_new_tokens: int = 48
+    """Completion budget; longer completions are truncated and flagged."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs use the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Top-k sampling; 0 disables."""
+    use_chat_template: bool = True
+    """Format prompts with the tokenizer's chat template when it has one."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """GRPO steps (one rollout batch each)."""
+    lr: float = 1e-6
+    """Policy learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables."""
+    seed: int = 0
+    """Global seed (sampling, shuffling); each rank derives its own."""
+    output_dir: str = "runs/grpo"
+    """Where checkpoints, metrics.jsonl, plots and the final HF policy go."""
+    deepspeed: Optional[str] = None
+    """DeepSpeed JSON config (``auto`` fields filled from this config); ``None`` builds one from zero_stage."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage used when no deepspeed JSON is given."""
+    offload: bool = False
+    """Offload optimizer state (and parameters under ZeRO-3) to CPU."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    resume: Optional[str] = None
+    """``auto`` resumes from the latest checkpoint in output_dir; a path resumes from it."""
+    logprob_backend: Literal["auto", "torch", "triton"] = "auto"
+    """Backend of the fused log-prob kernels."""
+    max_bad_steps: int = 3
+    """Consecutive non-finite steps (skipped) after which training aborts."""
+
+
+@dataclass
+class EvalConfig:
+    harmful_file: Optional[str] = None
+    """Harmful prompts (JSONL/CSV/TXT); ``None`` is the shipped held-out set."""
+    benign_file: Optional[str] = None
+    """Benign prompts, some sensitive-looking (over-refusal); ``None`` is the shipped set."""
+    jailbreak_file: Optional[str] = None
+    """Jailbreak templates with a ``{prompt}`` slot; ``None`` is the shipped set."""
+    max_new_tokens: int = 64
+    """Generation budget per answer."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+    limit: Optional[int] = None
+    """Use at most this many prompts per set (quick looks)."""
+    judges: list[str] = field(default_factory=lambda: ["refusal", "rewards"])
+    """Judges: ``refusal`` (patterns), ``rewards`` (shadow bank), ``http`` (OpenAI-compatible judge)."""
+    judge_api_base: Optional[str] = None
+    """Base URL of the HTTP judge (OpenAI-compatible chat completions)."""
+    judge_model: Optional[str] = None
+    """Model name to send to the HTTP judge."""
+    seed: int = 0
+    """Seed for generation."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key.sub=value`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("config file not found", where=str(path))
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+        if not isinstance(raw, dict):
+            raise UserError("expected a mapping of sections", where=str(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"override {item!r} must look like key.sub=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"override key {key!r} must be section.field (e.g. grpo.beta=0.1)")
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise UserError(f"{parts[0]}: expected a mapping")
+    try:
+        section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        section[parts[1]] = value
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"expected a mapping, got {type(raw).__name__}", where=prefix.rstrip(".") or "config")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise UserError(f"unknown key (known: {', '.join(sorted(names))})", where=f"{prefix}{key}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], prefix=f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``tp`` (int→float allowed), raising UserError on mismatch."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"expected {_type_name(tp)}, got {value!r}", where=key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError(f"expected null, got {value!r}", where=key)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):  # 1 is not True here
+            return value
+        raise UserError(f"must be one of {', '.join(map(repr, args))}, got {value!r}", where=key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"expected a list, got {value!r}", where=key)
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise UserError(f"expected {_type_name(tp)}, got {value!r}", where=key)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if origin is list:
+        return "a list"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+# -------------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(message, where=key)
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values, naming the key. Called once by :func:`load_config`."""
+    g, r, t, rw, d = cfg.grpo, cfg.rollout, cfg.train, cfg.rewards, cfg.data
+    _check(g.group_size >= 2, "grpo.group_size", "must be at least 2 (advantages compare completions of one prompt)")
+    _check(g.beta >= 0, "grpo.beta", "must be >= 0")
+    _check(0 <= g.eps_low < 1, "grpo.eps_low", "must be in [0, 1)")
+    _check(g.eps_high >= 0, "grpo.eps_high", "must be >= 0")
+    _check(g.dual_clip is None or g.dual_clip > 1, "grpo.dual_clip", "must be > 1 or null")
+    _check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
+    _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
+    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    _check(r.temperature > 0, "rollout.temperature", "must be > 0")
+    _check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _check(r.top_k >= 0, "rollout.top_k", "must be >= 0")
+    _check(t.steps >= 1, "train.steps", "must be >= 1")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+    batch = r.prompts_per_step * g.group_size
+    _check(
+        batch % t.micro_batch_size == 0,
+        "train.micro_batch_size",
+        f"must divide the rollout batch rollout.prompts_per_step × grpo.group_size = {batch}",
+    )
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
+    _check(t.save_every >= 0, "train.save_every", "must be >= 0")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(t.deepspeed is None or Path(t.deepspeed).is_file(), "train.deepspeed", f"file not found: {t.deepspeed}")
+    _check(not (t.offload and t.zero_stage < 2 and t.deepspeed is None), "train.offload", "needs train.zero_stage 2 or 3")
+    _check(0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+           "data.val_fraction", "val_fraction + test_fraction must be < 1, each in [0, 1)")
+    _check(d.max_prompt_length >= 8, "data.max_prompt_length", "must be >= 8")
+    _check(d.max_step_words >= 1, "data.max_step_words", "must be >= 1")
+    _check(d.concurrency >= 1, "data.concurrency", "must be >= 1")
+    _check(d.request_timeout > 0, "data.request_timeout", "must be > 0")
+    _check(d.max_retries >= 0, "data.max_retries", "must be >= 0")
+    _check(d.requests_per_second is None or d.requests_per_second > 0, "data.requests_per_second", "must be > 0 or null")
+    _check(rw.epochs >= 1, "rewards.epochs", "must be >= 1")
+    _check(rw.batch_size >= 1, "rewards.batch_size", "must be >= 1")
+    _check(rw.grad_accum >= 1, "rewards.grad_accum", "must be >= 1")
+    _check(rw.lr > 0, "rewards.lr", "must be > 0")
+    _check(rw.max_length >= 16, "rewards.max_length", "must be >= 16")
+    _check(rw.l2_reg >= 0, "rewards.l2_reg", "must be >= 0")
+    _check(rw.batch_size_score >= 1, "rewards.batch_size_score", "must be >= 1")
+    if isinstance(rw.weights, list):
+        _check(all(w >= 0 for w in rw.weights) and sum(rw.weights) > 0, "rewards.weights",
+               "must be non-negative with a positive sum")
+    _check(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null")
+    for j in cfg.eval.judges:
+        _check(j in ("refusal", "rewards", "http"), "eval.judges", f"unknown judge {j!r} (refusal, rewards, http)")
+    _check("http" not in cfg.eval.judges or bool(cfg.eval.judge_api_base), "eval.judge_api_base",
+           "the http judge needs eval.judge_api_base")
