@@ -79,8 +79,10 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process finished first
-            return
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not just another process finishing first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
