@@ -110,6 +110,10 @@ class RewardsConfig:
     """Early stopping: epochs without validation-accuracy gain before stopping."""
     shared_trunk: bool = False
     """Train only K scalar heads over one shared frozen backbone (cheapest; lower accuracy)."""
+    tuned_layers: Optional[int] = 3
+    """Top transformer blocks fine-tuned per RM; the embeddings and lower blocks stay frozen and shared, so the bank runs them once for all K (``null``: tune all blocks)."""
+    bf16: bool = True
+    """Train RMs under bf16 autocast where the device supports it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
     batch_size_score: int = 64
     """Pairs per batch when scoring during GRPO and evaluation."""
 
@@ -180,6 +184,8 @@ class TrainConfig:
     """Offload optimizer state (and parameters under ZeRO-3) to CPU."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Keep only the newest N checkpoints (each holds fp32 master weights and Adam state); 0 keeps all."""
     resume: Optional[str] = None
     """``auto`` resumes from the latest checkpoint in output_dir; a path resumes from it."""
     logprob_backend: Literal["auto", "torch", "triton"] = "auto"
@@ -210,6 +216,20 @@ class EvalConfig:
     """Model name to send to the HTTP judge."""
     seed: int = 0
     """Seed for generation."""
+    temperature: float = 0.0
+    """0: greedy decoding (deterministic); > 0: sampling, seeded by eval.seed."""
+    jailbreak_prompts: int = 7
+    """Harmful prompts each jailbreak template wraps (a fixed-seed, category-balanced sample); 0 skips jailbreaks."""
+    harmful_columns: Optional[dict[str, str]] = None
+    """Column mapping for harmful_file, e.g. ``{prompt: question, category: type, id: qid}``."""
+    harmful_category: Optional[str] = None
+    """Category slug for every row of a TXT harmful_file (or of a file without a category column)."""
+    benign_columns: Optional[dict[str, str]] = None
+    """Column mapping for benign_file, e.g. ``{prompt: text, sensitive: is_tricky, reference: answer}``."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the HTTP judge's API key (never logged)."""
+    judge_format: Literal["prompt", "guard"] = "prompt"
+    """HTTP judge input: ``prompt`` (a judge prompt for chat models) or ``guard`` (the conversation, for guard models)."""
 
 
 @dataclass
@@ -380,6 +400,7 @@ def validate(cfg: Config) -> None:
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
+    _check(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _check(t.deepspeed is None or Path(t.deepspeed).is_file(), "train.deepspeed", f"file not found: {t.deepspeed}")
     _check(not (t.offload and t.zero_stage < 2 and t.deepspeed is None), "train.offload", "needs train.zero_stage 2 or 3")
@@ -398,6 +419,7 @@ def validate(cfg: Config) -> None:
     _check(rw.max_length >= 16, "rewards.max_length", "must be >= 16")
     _check(rw.l2_reg >= 0, "rewards.l2_reg", "must be >= 0")
     _check(rw.batch_size_score >= 1, "rewards.batch_size_score", "must be >= 1")
+    _check(rw.tuned_layers is None or rw.tuned_layers >= 0, "rewards.tuned_layers", "must be >= 0 or null")
     if isinstance(rw.weights, list):
         _check(all(w >= 0 for w in rw.weights) and sum(rw.weights) > 0, "rewards.weights",
                "must be non-negative with a positive sum")
@@ -408,3 +430,10 @@ def validate(cfg: Config) -> None:
         _check(j in ("refusal", "rewards", "http"), "eval.judges", f"unknown judge {j!r} (refusal, rewards, http)")
     _check("http" not in cfg.eval.judges or bool(cfg.eval.judge_api_base), "eval.judge_api_base",
            "the http judge needs eval.judge_api_base")
+    _check(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")
+    _check(cfg.eval.jailbreak_prompts >= 0, "eval.jailbreak_prompts", "must be >= 0")
+    for key in ("harmful_columns", "benign_columns"):
+        cols = getattr(cfg.eval, key)
+        _check(cols is None or (isinstance(cols, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                               for k, v in cols.items())),
+               f"eval.{key}", "must map field names to column names, e.g. {prompt: question}")

@@ -1,0 +1,185 @@
+"""Builders the recipe calls once at start-up: prompts, models, DeepSpeed engines, rewards, export.
+
+Each takes plain arguments (never the Config object), so each can be used and tested alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from . import dist
+
+
+# --------------------------------------------------------------------------------- prompts
+
+
+def prompt_pool(taxonomy, train_file: Optional[str], prompts_file: Optional[str], val_fraction: float,
+                test_fraction: float, seed: int) -> list[dict]:
+    """GRPO prompts ``{"prompt", "category"}``: all of ``prompts_file``, or the *train* split of the
+    CoD file (the shipped demo data when None), so evaluation prompts are never trained on.
+    Duplicate (category, prompt) pairs — a CoD file may hold several pairs per prompt — appear once."""
+    from ..data import load_prompt_records, load_records, shipped, stratified_split
+
+    if prompts_file:
+        records = load_prompt_records(prompts_file, taxonomy)
+    else:
+        records = load_records(train_file or shipped("cod"), taxonomy)
+        records, _, _ = stratified_split(records, val_fraction, test_fraction, seed=seed)
+    seen, pool = set(), []
+    for rec in records:
+        key = (rec["category"], rec["prompt"])
+        if key not in seen:
+            seen.add(key)
+            pool.append({"prompt": rec["prompt"], "category": rec["category"], "id": rec.get("id")})
+    if not pool:
+        raise UserError("no prompts for GRPO", where="data.prompts_file" if prompts_file else "data.train_file")
+    return pool
+
+
+# ---------------------------------------------------------------------------------- models
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def attn_implementation(choice: str) -> str:
+    """``auto``: FlashAttention-2 when flash-attn is installed and CUDA is there, else SDPA."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+@contextlib.contextmanager
+def zero3_init(ds_config: dict):
+    """Under ZeRO-3, let ``from_pretrained`` build the model already partitioned (deepspeed.zero.Init)
+    instead of materialising the full model on every rank; a no-op for other stages. The HF hook is
+    removed on exit so that later loads (the reward bank's backbone) are ordinary."""
+    if ds_config.get("zero_optimization", {}).get("stage", 0) != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep_alive = HfDeepSpeedConfig(ds_config)  # HF holds only a weak reference
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del keep_alive
+
+
+def load_causal_lm(path: str, dtype: str, attn: str, trust_remote_code: bool, where: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation(attn),
+                                                    trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}", where=where) from None
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    """Multiplier of the base lr after ``s`` optimizer steps: linear warm-up to 1 over
+    ``warmup_steps``, then constant, linear decay to 0, or cosine decay to 0 at ``total_steps``."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient_checkpointing: bool,
+                  trust_remote_code: bool, lr: float, weight_decay: float, schedule, total_steps: int,
+                  warmup_steps: int):
+    """The trainable policy as a DeepSpeed engine with torch AdamW (fp32 master weights in bf16/fp16
+    mode) and the lr schedule stepped by DeepSpeed after each applied optimizer step."""
+    import deepspeed
+
+    with zero3_init(ds_config):
+        model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.policy")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def reference_model(path: str, policy_ds: dict, device: torch.device, *, dtype: str, attn: str, trust_remote_code: bool):
+    """The frozen reference: a ZeRO-3 inference engine when the policy is sharded (its weights are
+    too), else a plain module in the compute dtype. Returns (callable model, its lm_head)."""
+    from .ds_config import reference_ds_config, zero_stage
+
+    if zero_stage(policy_ds) == 3:
+        import deepspeed
+
+        ref_ds = reference_ds_config(policy_ds)
+        with zero3_init(ref_ds):
+            model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
+        model.requires_grad_(False)
+        engine, _, _, _ = deepspeed.initialize(model=model, config=ref_ds)
+        engine.eval()
+        return engine, engine.module.get_output_embeddings()
+    model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
+    model.requires_grad_(False)
+    model.to(device).eval()
+    return model, model.get_output_embeddings()
+
+
+# --------------------------------------------------------------------------------- rewards
+
+
+def load_reward_bank(directory: Optional[str], taxonomy, device: torch.device, normalize: bool, batch_size: int):
+    """The trained ShadowRewardBank, on the policy's device."""
+    if not directory:
+        raise UserError("GRPO needs a trained shadow reward bank: train one with `srmir rm train` "
+                        "or run `srmir pipeline`", where="rewards.dir")
+    if not (Path(directory) / "bank.json").is_file():
+        raise UserError(f"no shadow reward bank in {directory} (bank.json missing)", where="rewards.dir")
+    from ..rewards.bank import ShadowRewardBank
+
+    bank = ShadowRewardBank.from_pretrained(directory, taxonomy=taxonomy).to(device)
+    bank.normalize, bank.batch_size = normalize, batch_size
+    return bank
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
+    """Save the policy as an HF folder (config, safetensors, tokenizer) that
+    ``AutoModelForCausalLM.from_pretrained`` loads; atomic (temporary folder, then rename).
+    Under ZeRO-3 the shards are consolidated layer by layer onto rank 0 first (a collective)."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict() if dist.is_main() else None
+    out_dir = Path(out_dir)
+    if dist.is_main():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            engine.module.save_pretrained(tmp, state_dict=state)
+            tokenizer.save_pretrained(tmp)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    return out_dir

@@ -1,0 +1,128 @@
+"""Step metrics: a JSONL file, a console progress bar with ETA, TensorBoard when installed, and a
+PNG of the reward curves (overall, per shadow RM, per prompt category) at the end.
+
+Only rank 0 writes. Metric names are flat ``group/name`` strings (``reward/category/insult``),
+the same in the JSONL file, TensorBoard and the plot.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..io import write_jsonl_atomic
+
+# Shown on the progress bar, in this order, when present.
+_BAR_KEYS = (("reward/mean", "reward"), ("kl", "kl"), ("completion/len_mean", "len"), ("time/step", "s/step"))
+
+
+class MetricsLogger:
+    """Append one JSON object per step to ``metrics.jsonl`` and show progress (rank 0 only)."""
+
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self._bar = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, start_step)  # a resumed run redoes the steps after its checkpoint
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        except ImportError:
+            pass
+        else:
+            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None:
+            self._bar.set_postfix({short: f"{metrics[k]:.3g}" for k, short in _BAR_KEYS
+                                   if isinstance(metrics.get(k), (int, float))}, refresh=False)
+            self._bar.update(1)
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if self.enabled:
+            (self._bar.write if self._bar is not None else print)(message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._bar = self._tb = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if path.is_file():
+        write_jsonl_atomic(path, [r for r in read_metrics(path) if r.get("step", 0) <= step])
+
+
+def _clean(value):
+    """JSON-safe scalars: NaN/inf become None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def plot_rewards(metrics_file: Path, png: Path, smooth: int = 5) -> Optional[Path]:
+    """Reward curves per prompt category and per shadow RM (moving average over ``smooth`` steps)."""
+    records = read_metrics(metrics_file)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("reward/category/", "reward by prompt category"), ("reward/rm/", "score by shadow RM (all prompts)"))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, (prefix, title) in zip(axes, panels):
+        ax.plot(*_series(records, "reward/mean", smooth), color="black", lw=2.5, label="combined reward")
+        for key in sorted({k for r in records for k in r if k.startswith(prefix)}):
+            ax.plot(*_series(records, key, smooth), lw=1.2, label=key[len(prefix):])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    return png
+
+
+def _series(records: list[dict], key: str, smooth: int) -> tuple[list[int], list[float]]:
+    """(steps, moving average of the last ``smooth`` logged values) for the steps that have ``key``."""
+    steps, values = [], []
+    for r in records:
+        if isinstance(r.get(key), (int, float)):
+            steps.append(r["step"])
+            values.append(float(r[key]))
+    averaged = [sum(values[max(0, i - smooth + 1): i + 1]) / len(values[max(0, i - smooth + 1): i + 1])
+                for i in range(len(values))]
+    return steps, averaged

@@ -1,0 +1,449 @@
+"""The GRPO loop, readable top to bottom: ``setup`` → ``train`` (``step`` × steps) → ``cleanup``.
+
+One step (N = prompts_per_step × G sequences over all ranks, n = N / world on this rank)::
+
+    sampler ─▶ P prompts (same on every rank) ─▶ repeat each G times ─▶ this rank's n rows
+    generate (ZeRO-3: parameters gathered once)                           [n, C] completions
+    score with the shadow bank ─▶ all-gather [N, K] ─▶ combine ─▶ group advantages   [N]
+    log-probs without grad: old policy (μ > 1) and frozen reference      [n, C]
+    μ × (micro-batches: clipped surrogate + β·KL ─▶ backward) ─▶ optimizer step
+    metrics, checkpoint
+
+Loss normalisation (OpenRLHF): the global token count Σ mask over all ranks, the global sequence
+count N and max_new_tokens are fixed once per step; each micro-batch's loss is its *share* of the
+full-batch loss, so the shares add up to exactly the loss of one big batch. DeepSpeed would
+divide by the accumulation steps (we pass ``scale_wrt_gas=False``) and averages gradients over
+ranks (we multiply by world size): the gradient is that of the one big batch, for any
+ranks × micro-batches split (``tests/test_trainer_invariance.py``).
+"""
+from __future__ import annotations
+
+import random
+import resource
+import signal
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import algos
+from ..config import Config
+from ..errors import UserError
+from ..models import resolve_model
+from ..taxonomy import load_taxonomy
+from . import build, checkpoint, dist
+from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
+from .logprobs import completion_logprobs
+from .metrics import MetricsLogger, plot_rewards
+from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
+from .sampler import BalancedPromptSampler
+
+
+class Stopped(Exception):
+    """SIGTERM arrived: a checkpoint was written at ``step`` and training stopped."""
+
+    def __init__(self, step: int, folder: Path):
+        super().__init__(f"stopped by SIGTERM after step {step}; checkpoint {folder}; continue with --resume auto")
+        self.step, self.folder = step, folder
+
+
+@dataclass
+class StepBatch:
+    """This rank's rows of one step, with the step-global normalisers."""
+
+    rollout: Rollout
+    advantages_n: torch.Tensor  # [n]
+    old_logp_nC: Optional[torch.Tensor]  # μ > 1 only
+    ref_logp_nC: Optional[torch.Tensor]  # β > 0 only
+    num_tokens: float  # completion tokens over all ranks
+    num_seqs: int  # N
+
+
+class GRPORecipe:
+    """GRPO with shadow rewards under DeepSpeed. ``reward_fn``: any object with ``categories``
+    and ``score(prompts, responses) -> [N, K]``; None loads the ShadowRewardBank in rewards.dir."""
+
+    def __init__(self, cfg: Config, reward_fn=None, local_rank: Optional[int] = None):
+        self.cfg, self.reward_fn, self.local_rank = cfg, reward_fn, local_rank
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        _quiet_libraries()
+        self.device = dist.init(self.local_rank)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        _seed_everything(t.seed + self.rank)
+        self.output_dir = Path(t.output_dir)
+        self.ckpt_root = self.output_dir / "checkpoints"
+
+        taxonomy = load_taxonomy(cfg.data.taxonomy)
+        pool = build.prompt_pool(taxonomy, cfg.data.train_file, cfg.data.prompts_file, cfg.data.val_fraction,
+                                 cfg.data.test_fraction, cfg.data.seed)
+        self.sampler = BalancedPromptSampler(pool, taxonomy.slugs, seed=t.seed)
+        self.group_size = cfg.grpo.group_size
+        self.n_global = cfg.rollout.prompts_per_step * self.group_size
+        self.n_local = self._local_batch_size()
+
+        from transformers import AutoConfig, AutoTokenizer
+
+        policy_path = resolve_model(cfg.model.policy)
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.model.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(policy_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.eos_ids = eos_token_ids(self.tokenizer, model_config)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+        raw_ds = load_ds_config(t.deepspeed) if t.deepspeed else default_ds_config(t.zero_stage, t.offload)
+        self.ds_config = fill_ds_config(
+            raw_ds, micro_batch_size=t.micro_batch_size, grad_accum=self.n_local // t.micro_batch_size,
+            world_size=self.world, dtype=cfg.model.dtype, max_grad_norm=t.max_grad_norm,
+            hidden_size=model_config.hidden_size, source=t.deepspeed or "train.zero_stage")
+        self.zero_stage = zero_stage(self.ds_config)
+        self.engine = build.policy_engine(
+            policy_path, self.ds_config, dtype=cfg.model.dtype, attn=cfg.model.attn_implementation,
+            gradient_checkpointing=cfg.model.gradient_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
+            lr=t.lr, weight_decay=t.weight_decay, schedule=t.lr_schedule,
+            total_steps=t.steps * cfg.grpo.num_iterations, warmup_steps=t.warmup_steps)
+        self.lm_head = self.engine.module.get_output_embeddings()
+        self.ref, self.ref_head = None, None
+        if cfg.grpo.beta > 0:
+            self.ref, self.ref_head = build.reference_model(
+                resolve_model(cfg.model.reference or cfg.model.policy), self.ds_config, self.device,
+                dtype=cfg.model.dtype, attn=cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code)
+
+        if self.reward_fn is None:
+            self.reward_fn = build.load_reward_bank(cfg.rewards.dir, taxonomy, self.device, cfg.rewards.normalize,
+                                                    cfg.rewards.batch_size_score)
+        self.rm_categories = list(self.reward_fn.categories)
+        self._check_reward_categories(pool)
+        self.reward_w = None
+        if cfg.rewards.strategy == "linear":
+            from ..rewards import linear_weights
+
+            counts = {c: sum(r["category"] == c for r in pool) for c in self.rm_categories}
+            self.reward_w = linear_weights(cfg.rewards.weights, self.rm_categories, counts)
+
+        self.start_step, self.bad_in_row, self.skipped_total = 0, 0, 0
+        self._resume()
+        self.metrics = MetricsLogger(self.output_dir, t.steps, self.start_step, enabled=dist.is_main())
+        self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _local_batch_size(self) -> int:
+        mb = self.cfg.train.micro_batch_size
+        if self.n_global % self.world or (self.n_global // self.world) % mb:
+            raise UserError(
+                f"rollout.prompts_per_step × grpo.group_size = {self.n_global} sequences must split into "
+                f"{self.world} ranks × whole micro-batches of {mb}", where="train.micro_batch_size")
+        return self.n_global // self.world
+
+    def _check_reward_categories(self, pool: list[dict]) -> None:
+        missing = sorted({r["category"] for r in pool} - set(self.rm_categories))
+        if missing and self.cfg.rewards.strategy == "categorized":
+            raise UserError(f"categorized rewards need a shadow RM for every prompt category; the bank has none for "
+                            f"{', '.join(missing)}", where="rewards.strategy")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # Acted on at the end of the current step, on every rank at once. A second SIGTERM (a hung
+        # step, an impatient scheduler) gets the previous handler: by default, immediate exit.
+        self.stop_requested = True
+        signal.signal(signal.SIGTERM, self._old_sigterm)
+
+    def _resume(self) -> None:
+        t = self.cfg.train
+        folder = None
+        if t.resume == "auto":
+            folder = checkpoint.latest(self.ckpt_root)
+        elif t.resume:
+            folder = Path(t.resume)
+            if not folder.is_dir():
+                raise UserError("checkpoint folder not found", where="train.resume")
+        elif checkpoint.latest(self.ckpt_root) is not None:
+            raise UserError(f"{self.ckpt_root} already holds checkpoints: continue with --resume auto, "
+                            "or choose another train.output_dir", where="train.output_dir")
+        if folder is None:
+            return
+        state = checkpoint.load(self.engine, folder)
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:
+            raise UserError(str(e), where=str(folder / "trainer_state.json")) from None
+        self.start_step = int(state["step"])
+        self.bad_in_row, self.skipped_total = int(state["bad_in_row"]), int(state["skipped_total"])
+        if dist.is_main():
+            print(f"srmir: resumed from {folder} at step {self.start_step}", flush=True)
+
+    # ------------------------------------------------------------------------------- train
+
+    def train(self) -> Path:
+        """Run the remaining steps, checkpointing every ``save_every`` and at the end; export the policy."""
+        t = self.cfg.train
+        saved = self.start_step
+        try:
+            for step in range(self.start_step + 1, t.steps + 1):
+                self.metrics.log(step, self.step(step))
+                if t.save_every and step % t.save_every == 0:
+                    self.save_checkpoint(step)
+                    saved = step
+                if dist.any_rank(self.stop_requested, self.device):
+                    folder = self.save_checkpoint(step) if saved != step else checkpoint.step_dir(self.ckpt_root, step)
+                    raise Stopped(step, folder)
+            if saved != t.steps:
+                self.save_checkpoint(t.steps)
+            return self.cleanup()
+        finally:
+            self.metrics.close()
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+
+    def step(self, step: int) -> dict:
+        """One GRPO step; returns its metrics (the same dict on every rank)."""
+        cfg, timer = self.cfg, _PhaseTimer(self.device)
+        records = self.sampler.draw(cfg.rollout.prompts_per_step)
+        samples = [r for r in records for _ in range(self.group_size)]  # each group's G rows consecutive
+        mine = samples[self.rank * self.n_local:(self.rank + 1) * self.n_local]
+
+        with timer("generate"):
+            rollout = self._generate([r["prompt"] for r in mine])
+        with timer("score"):
+            scores_nK = torch.as_tensor(self.reward_fn.score([r["prompt"] for r in mine], rollout.completions),
+                                        dtype=torch.float32).to(self.device)
+            scores_NK = dist.all_gather_rows(scores_nK)  # before any statistic: groups may span ranks
+            rewards_N, advantages_N = self._advantages(scores_NK, samples)
+        metrics = self._rollout_metrics(samples, scores_NK, rewards_N, advantages_N, rollout)
+        if not torch.isfinite(rewards_N).all():  # identical on every rank: it is the gathered tensor
+            metrics.update(timer.metrics(tokens=metrics["completion/tokens"]))
+            return self._skip(step, metrics, "a non-finite reward")
+
+        with timer("logprobs"):
+            old_logp, ref_logp = self._frozen_logprobs(rollout)
+        num_tokens = dist.all_reduce_sum(rollout.completion_mask_BC.sum().float()).item()
+        mine_adv = advantages_N[self.rank * self.n_local:(self.rank + 1) * self.n_local]
+        batch = StepBatch(rollout, mine_adv, old_logp, ref_logp, num_tokens, self.n_global)
+        with timer("update"):
+            ok, update_metrics = self._update(batch)
+        metrics.update(update_metrics)
+        metrics.update(timer.metrics(tokens=metrics["completion/tokens"]))
+        if not ok:
+            return self._skip(step, metrics, "a non-finite loss")
+        self.bad_in_row = 0
+        return metrics
+
+    # ---------------------------------------------------------------------------- phases
+
+    def _generate(self, prompts: list[str]) -> Rollout:
+        r = self.cfg.rollout
+        texts = format_prompts(self.tokenizer, prompts, r.use_chat_template)
+        with gathered_for_generation(self.engine, self.zero_stage) as model:
+            return generate(model, self.tokenizer, texts, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                            top_p=r.top_p, top_k=r.top_k, max_prompt_length=self.cfg.data.max_prompt_length,
+                            eos_ids=self.eos_ids, pad_id=self.pad_id)
+
+    def _advantages(self, scores_NK: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, K] scores → [N] rewards (linear | categorized) → [N] group advantages."""
+        g, rw = self.cfg.grpo, self.cfg.rewards
+        columns_N = None
+        if rw.strategy == "categorized":
+            columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
+        weights = None if self.reward_w is None else self.reward_w.to(self.device)
+        rewards_N = algos.combine_rewards(scores_NK, rw.strategy, weights, columns_N)
+        return rewards_N, algos.group_advantages(rewards_N, self.group_size, scale=g.adv_scale)
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, rollout: Rollout) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Old-policy log-probs (only when μ > 1: with μ = 1 they equal the live ones, detached) and
+        reference log-probs (only when β > 0), micro-batch by micro-batch, completion tokens only."""
+        need_old, old, ref = self.cfg.grpo.num_iterations > 1, [], []
+        for rows in self._micro_batches():
+            micro = rollout.select(rows)
+            args = (micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC,
+                    self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
+            if need_old:
+                old.append(completion_logprobs(self.engine, self.lm_head, *args)[0])
+            if self.ref is not None:
+                ref.append(completion_logprobs(self.ref, self.ref_head, *args)[0])
+        return (torch.cat(old) if old else None), (torch.cat(ref) if ref else None)
+
+    def _micro_batches(self) -> list[slice]:
+        mb = self.cfg.train.micro_batch_size
+        return [slice(s, s + mb) for s in range(0, self.n_local, mb)]
+
+    def _update(self, batch: StepBatch) -> tuple[bool, dict]:
+        """μ optimizer steps over the batch; returns (applied, metrics). A non-finite loss on any rank
+        poisons the rest of the accumulation with NaN, which DeepSpeed's overflow check turns into a
+        skipped optimizer step (no weight, moment or lr-schedule change)."""
+        g = self.cfg.grpo
+        # sums over this rank: loss, Σm·kl, Σm·entropy, Σm (iteration 0); Σm·clipped, Σm (all iterations)
+        sums = torch.zeros(6, device=self.device, dtype=torch.float64)
+        bad, skipped_before = False, self.engine.skipped_steps
+        for it in range(g.num_iterations):
+            for rows in self._micro_batches():
+                share, stats = self._micro_loss(batch, rows, first_iteration=it == 0)
+                bad = dist.any_rank(bad or not bool(torch.isfinite(share)), self.device)
+                scale = float("nan") if bad else float(self.world)
+                self.engine.backward(share * scale, scale_wrt_gas=False)
+                self.engine.step()
+                sums += stats
+        if bad and self.engine.skipped_steps == skipped_before:
+            raise RuntimeError("DeepSpeed applied an update with non-finite gradients; "
+                               "keep bf16.check_grad_overflow true in the DeepSpeed config")
+        sums = dist.all_reduce_sum(sums)
+        metrics = {
+            "loss": sums[0].item() / g.num_iterations,
+            "kl": sums[1].item() / max(sums[3].item(), 1.0),
+            "entropy": sums[2].item() / max(sums[3].item(), 1.0),
+            "clip_frac": sums[4].item() / max(sums[5].item(), 1.0),
+            "lr": float(self.engine.get_lr()[0]),
+            "grad_norm": _finite_or_none(self.engine.get_global_grad_norm()),
+        }
+        return not bad, metrics
+
+    def _micro_loss(self, batch: StepBatch, rows: slice, first_iteration: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """This micro-batch's share of the full-batch loss, and its metric sums."""
+        g, micro = self.cfg.grpo, batch.rollout.select(rows)
+        mask_BC = micro.completion_mask_BC
+        logp_BC, entropy_BC = completion_logprobs(
+            self.engine, self.lm_head, micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC,
+            self.cfg.rollout.temperature, self.cfg.train.logprob_backend, with_entropy=first_iteration)
+        old_BC = batch.old_logp_nC[rows] if batch.old_logp_nC is not None else logp_BC.detach()
+        adv_B1 = batch.advantages_n[rows, None].to(logp_BC.dtype)
+        per_token_BC = algos.clipped_policy_loss(logp_BC, old_BC, adv_B1, g.eps_low, g.eps_high, g.dual_clip)
+        kl_BC = None
+        if batch.ref_logp_nC is not None:
+            kl_BC = algos.kl_penalty(logp_BC, batch.ref_logp_nC[rows], g.kl_estimator)
+            per_token_BC = per_token_BC + g.beta * kl_BC
+        share = algos.aggregate_loss(per_token_BC, mask_BC, g.loss_agg, num_tokens=batch.num_tokens,
+                                     max_len=self.cfg.rollout.max_new_tokens, num_seqs=batch.num_seqs)
+        with torch.no_grad():
+            m = mask_BC.double()
+            ratio = torch.exp(logp_BC - old_BC)
+            clipped = ((ratio < 1 - g.eps_low) | (ratio > 1 + g.eps_high)).double()
+            first = float(first_iteration)
+            stats = torch.stack([
+                share.detach().double(),
+                first * (kl_BC.double() * m).sum() if kl_BC is not None else m.new_zeros(()),
+                first * (entropy_BC.double() * m).sum() if entropy_BC is not None else m.new_zeros(()),
+                first * m.sum(),
+                (clipped * m).sum(),
+                m.sum(),
+            ])
+        return share, stats
+
+    def _skip(self, step: int, metrics: dict, reason: str) -> dict:
+        self.bad_in_row += 1
+        self.skipped_total += 1
+        metrics.update(skipped=1, skipped_total=self.skipped_total)
+        msg = f"step {step}: skipped, {reason} ({self.bad_in_row} in a row)"
+        if dist.is_main():
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if self.bad_in_row >= self.cfg.train.max_bad_steps:
+            last = checkpoint.latest(self.ckpt_root)
+            raise UserError(f"{self.bad_in_row} steps in a row were skipped ({reason}): training has diverged; "
+                            f"lower train.lr or grpo.beta, or check the reward model"
+                            + (f"; the last good checkpoint is {last}" if last else ""), where="train.max_bad_steps")
+        return metrics
+
+    # --------------------------------------------------------------------------- metrics
+
+    def _rollout_metrics(self, samples, scores_NK, rewards_N, advantages_N, rollout: Rollout) -> dict:
+        lengths_N = dist.all_gather_rows(rollout.completion_mask_BC.sum(dim=1).float())
+        truncated_N = dist.all_gather_rows(rollout.truncated_B.float())
+        finite = torch.isfinite(rewards_N)
+        m = {
+            "reward/mean": _mean(rewards_N[finite]),
+            "reward/std": rewards_N[finite].std().item() if finite.sum() > 1 else 0.0,
+            "zero_var_groups": algos.zero_variance_fraction(rewards_N, self.group_size),
+            "adv/mean": advantages_N.mean().item(), "adv/std": advantages_N.std().item(),
+            "adv/min": advantages_N.min().item(), "adv/max": advantages_N.max().item(),
+            "completion/len_mean": lengths_N.mean().item(), "completion/len_max": lengths_N.max().item(),
+            "completion/truncated_frac": truncated_N.mean().item(), "completion/tokens": lengths_N.sum().item(),
+            "skipped": 0, "skipped_total": self.skipped_total,
+        }
+        for k, slug in enumerate(self.rm_categories):
+            m[f"reward/rm/{slug}"] = _mean(scores_NK[:, k])
+        categories = [s["category"] for s in samples]
+        for slug in dict.fromkeys(categories):
+            rows = torch.tensor([c == slug for c in categories], device=rewards_N.device)
+            m[f"reward/category/{slug}"] = _mean(rewards_N[rows])
+        return m
+
+    # ------------------------------------------------------------------ checkpoint / cleanup
+
+    def save_checkpoint(self, step: int) -> Path:
+        state = {"sampler": self.sampler.state_dict(), "bad_in_row": self.bad_in_row,
+                 "skipped_total": self.skipped_total}
+        folder = checkpoint.save(self.engine, self.ckpt_root, step, state, keep=self.cfg.train.keep_checkpoints)
+        self.metrics.write(f"srmir: checkpoint {folder}")
+        return folder
+
+    def cleanup(self) -> Path:
+        """Export the final policy (HF folder), plot the reward curves, close the logs."""
+        self.engine.module.config.use_cache = True
+        policy_dir = build.export_policy(self.engine, self.tokenizer, self.output_dir / "policy", self.zero_stage)
+        if dist.is_main():
+            plot_rewards(self.metrics.path, self.output_dir / "rewards.png")
+        return policy_dir
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+class _PhaseTimer:
+    """Wall time per phase (CUDA synchronised at the edges), plus tokens/s and peak memory."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.start = device, {}, time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str):
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def metrics(self, tokens: float) -> dict:
+        total = time.perf_counter() - self.start
+        out = {f"time/{k}": v for k, v in self.times.items()}
+        out["time/step"] = total
+        out["tokens_per_s"] = tokens / total if total > 0 else 0.0
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB (Linux)
+        out["mem/peak_gb"] = dist.all_reduce_max(torch.tensor([peak], device=self.device)).item()
+        return out
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to our progress bar: DeepSpeed's ZeRO-3 calls a torch collective that warns
+    on every call, and transformers draws a progress bar for every load and save."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _mean(x: torch.Tensor) -> Optional[float]:
+    return x.float().mean().item() if x.numel() else None
+
+
+def _finite_or_none(x) -> Optional[float]:
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None

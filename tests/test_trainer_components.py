@@ -1,0 +1,215 @@
+"""Trainer components without DeepSpeed engines: DeepSpeed JSON filling, rollout masks, log-probs
+through the fused head, the lr schedule, checkpoint bookkeeping, RNG round trip, metrics and plot."""
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from srmir.errors import UserError
+from srmir.trainer import build, checkpoint, ds_config
+from srmir.trainer.logprobs import completion_logprobs, position_ids
+from srmir.trainer.metrics import MetricsLogger, plot_rewards, read_metrics
+from srmir.trainer.rollout import completion_mask, format_prompts, generate, tokenize_prompts
+
+from test_trainer_common import ROOT, make_policy
+
+FILL = dict(micro_batch_size=4, grad_accum=3, world_size=2, dtype="bf16", max_grad_norm=1.0, hidden_size=10)
+
+
+# ----------------------------------------------------------------------------- ds_config
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero3.json", "zero3_offload.json"])
+def test_shipped_ds_configs_fill_every_auto(name):
+    ds = ds_config.fill_ds_config(ds_config.load_ds_config(ROOT / "ds_configs" / name), **FILL)
+    assert ds["train_batch_size"] == 4 * 3 * 2
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
+    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": True} and ds["fp16"] == {"enabled": False}
+    assert ds["gradient_clipping"] == 1.0 and ds["zero_allow_untested_optimizer"] is True
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 100  # H² with H = 10
+    assert "auto" not in json.dumps(ds)
+
+
+def test_default_ds_config_follows_stage_and_offload():
+    ds = ds_config.fill_ds_config(ds_config.default_ds_config(3, offload=True), **{**FILL, "dtype": "fp32"})
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["stage3_param_persistence_threshold"] == 100 and ds["bf16"] == {"enabled": False}
+    ref = ds_config.reference_ds_config(ds)
+    assert ref["zero_optimization"]["stage"] == 3 and "offload_optimizer" not in ref["zero_optimization"]
+    assert ref["train_micro_batch_size_per_gpu"] == 4
+
+
+def test_ds_config_disagreement_names_the_key():
+    with pytest.raises(UserError, match="x.json: train_micro_batch_size_per_gpu: is 8"):
+        ds_config.fill_ds_config({"train_micro_batch_size_per_gpu": 8}, **FILL, source="x.json")
+    with pytest.raises(UserError, match="optimizer"):
+        ds_config.fill_ds_config({"optimizer": {"type": "Adam"}}, **FILL)
+    with pytest.raises(UserError, match="zero_optimization.sub_group_size"):
+        ds_config.fill_ds_config({"zero_optimization": {"sub_group_size": "auto"}}, **FILL)
+
+
+def test_load_ds_config_reports_bad_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": 1,\n  oops}')
+    with pytest.raises(UserError, match="bad.json:2"):
+        ds_config.load_ds_config(bad)
+
+
+# ------------------------------------------------------------------------------- rollout
+
+
+def test_completion_mask_stops_after_first_eos():
+    eos = 9
+    ids = torch.tensor([[5, 7, eos, 0, 0], [5, 7, 8, 6, 4], [eos, 3, eos, 0, 0]])
+    mask, truncated = completion_mask(ids, [eos])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]
+
+
+def test_prompts_are_chat_formatted_left_padded_and_left_truncated(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(make_policy(tmp_path))
+    texts = format_prompts(tok, ["tell me", "tell me about your home address"])
+    assert texts[0] == "<|user|> tell me <|assistant|>"
+    ids, mask = tokenize_prompts(tok, texts, max_prompt_length=6, device="cpu")
+    assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    # the long prompt lost its start, not the assistant tag the model must continue from
+    assert tok.decode(ids[1]) == "me about your home address <|assistant|>"
+    assert format_prompts(tok, ["x"], use_chat_template=False) == ["x"]
+
+
+def test_generate_returns_masked_completions(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = make_policy(tmp_path)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    out = generate(model, tok, format_prompts(tok, ["tell me", "why"] * 4), max_new_tokens=5, temperature=1.0,
+                   top_p=1.0, top_k=0, max_prompt_length=32, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    assert out.completion_ids_BC.shape[0] == 8 and out.completion_ids_BC.shape[1] <= 5
+    lengths = out.completion_mask_BC.sum(1)
+    ended = (out.completion_ids_BC == tok.eos_token_id).any(1)
+    assert torch.equal(ended, ~out.truncated_B)
+    assert torch.equal(lengths[out.truncated_B], torch.full_like(lengths[out.truncated_B], out.completion_ids_BC.shape[1]))
+    assert out.input_ids_BT.shape[1] == out.prompt_ids_BP.shape[1] + out.completion_ids_BC.shape[1]
+    assert out.completions[0] == tok.decode(out.completion_ids_BC[0][: lengths[0]], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------ logprobs
+
+
+def plain_logprobs(model, ids, mask, completion, temperature):
+    """The slow, obvious path: full logits → log_softmax → gather at completion positions."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+    c = completion.shape[1]
+    return torch.log_softmax(logits[:, -c - 1:-1] / temperature, -1).gather(-1, completion[..., None]).squeeze(-1)
+
+
+def test_fused_head_logprobs_and_gradients_equal_the_full_logits_path(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = make_policy(tmp_path)
+    fused, plain = (AutoModelForCausalLM.from_pretrained(folder) for _ in range(2))
+    torch.manual_seed(0)
+    ids = torch.randint(6, len(fused.get_output_embeddings().weight), (3, 11))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    completion = ids[:, 7:]
+    weights = torch.linspace(-1, 2, 4)
+    logp, ent = completion_logprobs(fused, fused.lm_head, ids, mask, completion, 0.7, "torch", with_entropy=True)
+    ref = plain_logprobs(plain, ids, mask, completion, 0.7)
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=1e-5)
+    (logp * weights).sum().backward()
+    (ref * weights).sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert fused.lm_head.weight is fused.model.embed_tokens.weight  # the tied case, as in SmolLM2
+    assert ent.shape == (3, 4) and (ent > 0).all() and ent.grad_fn is None
+    assert "forward" not in vars(fused.lm_head)  # the head is restored afterwards
+
+
+# ------------------------------------------------------------------------- lr, prompts
+
+
+def test_lr_schedule_warmup_then_decay():
+    f = build.lr_lambda("linear", warmup_steps=2, total_steps=6)
+    # warm-up 1/2, 2/2; then progress (s-2)/4 → 1, 0.75, 0.5, 0.25
+    assert [f(s) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    g = build.lr_lambda("cosine", warmup_steps=0, total_steps=4)
+    assert [round(g(s), 6) for s in range(4)] == [1.0, round(0.5 * (1 + math.cos(math.pi / 4)), 6), 0.5,
+                                                  round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6)]
+    assert build.lr_lambda("constant", 0, 10)(9) == 1.0
+
+
+def test_prompt_pool_takes_the_train_split_of_the_shipped_data():
+    from srmir.data import load_records, shipped
+    from srmir.taxonomy import load_taxonomy
+
+    pool = build.prompt_pool(load_taxonomy(), None, None, 0.15, 0.15, seed=0)
+    all_prompts = {r["prompt"] for r in load_records(shipped("cod"))}
+    assert 0 < len(pool) < len(all_prompts)
+    assert {r["prompt"] for r in pool} <= all_prompts
+    assert len({(r["category"], r["prompt"]) for r in pool}) == len(pool)
+
+
+# ---------------------------------------------------------------------------- checkpoint
+
+
+def test_latest_ignores_unfinished_checkpoints(tmp_path):
+    assert checkpoint.latest(tmp_path / "none") is None
+    for name in ("step-00000002", "step-00000010", ".step-00000012.tmp", "step-junk"):
+        (tmp_path / name).mkdir()
+    assert checkpoint.latest(tmp_path).name == "step-00000010"
+    checkpoint._prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step-00000012.tmp", "step-00000010", "step-junk"]
+
+
+def test_rng_state_round_trip(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    checkpoint._save_rng(tmp_path, rank=0)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    checkpoint._load_rng(tmp_path, rank=0)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+    assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "rank-00000.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_jsonl_resume_truncation_and_plot(tmp_path):
+    log = MetricsLogger(tmp_path, total_steps=4)
+    for step in (1, 2, 3):
+        log.log(step, {"reward/mean": 0.1 * step, "reward/category/a": 0.2 * step, "reward/rm/a": float("nan")})
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["reward/rm/a"] is None  # NaN is not JSON
+    MetricsLogger(tmp_path, total_steps=4, start_step=2).close()  # resumed from the step-2 checkpoint
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    png = plot_rewards(tmp_path / "metrics.jsonl", tmp_path / "rewards.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_line_flags_become_overrides(tmp_path, monkeypatch):
+    import srmir.trainer as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda cfg, local_rank=None: seen.update(cfg=cfg, rank=local_rank) or tmp_path)
+    code = trainer.main(["--local_rank=1", "--config", str(ROOT / "configs" / "tiny.yaml"), "grpo.beta=0.5",
+                         "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--resume", "auto"])
+    assert code == 0 and seen["rank"] == 1
+    assert seen["cfg"].grpo.beta == 0.5 and seen["cfg"].train.resume == "auto"
+    assert seen["cfg"].train.deepspeed.endswith("zero3.json")
+
+
+def test_bad_override_is_one_line_exit_2(capsys):
+    import srmir.trainer as trainer
+
+    assert trainer.main(["--config", str(ROOT / "configs" / "tiny.yaml"), "grpo.group_size=1"]) == 2
+    assert "srmir: error: grpo.group_size:" in capsys.readouterr().err
