@@ -26,7 +26,10 @@ Measurement (each variant in a fresh subprocess, so no allocator state leaks bet
 - CUDA peak memory: ``torch.cuda.max_memory_allocated()`` during one forward+backward
   minus the memory allocated before it.
 - Time: median wall time of ``--repeats`` forward+backward calls after the measured
-  (warm-up) call; CUDA calls are synchronized.
+  (warm-up) call; CUDA calls are synchronized. On CPU the median *process CPU time*
+  (all threads, ``time.process_time``) is reported too: on a shared machine it is far
+  less sensitive to other people's jobs than wall time. The load average before and
+  after the run is printed with the table.
 
 Usage::
 
@@ -127,17 +130,19 @@ def run_child(variant: str, shape: tuple[int, int, int], dtype: str, repeats: in
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         hidden.grad = weight.grad = None
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _step(variant, hidden, weight, targets, upstream, rows)
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     return {
         "variant": variant, "shape": list(shape), "dtype": dtype, "device": device,
         "peak_bytes": int(peak), "memory_method": method, "median_s": statistics.median(times), "times_s": times,
+        "median_cpu_s": statistics.median(cpu_times),
         "logp_head": logp[:256].float().cpu().tolist(),
         "grad_w_norm": float(weight.grad.float().norm()),
     }
@@ -154,8 +159,9 @@ def _spawn(variant, shape, args) -> dict:
 
 
 def _table(results: list[dict]) -> str:
-    lines = ["| shape N×H×V | variant | peak extra MiB | median s | mem / naive | time / naive | max abs Δlogp vs naive |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| shape N×H×V | variant | peak extra MiB | median s | median CPU s | mem / naive | time / naive "
+             "| CPU time / naive | max abs Δlogp vs naive |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     by_shape: dict[tuple, dict] = {}
     for r in results:
         by_shape.setdefault(tuple(r["shape"]), {})[r["variant"]] = r
@@ -164,9 +170,10 @@ def _table(results: list[dict]) -> str:
         for name, r in group.items():
             mem_ratio = f"{r['peak_bytes'] / ref['peak_bytes']:.3f}" if ref else "-"
             t_ratio = f"{r['median_s'] / ref['median_s']:.3f}" if ref else "-"
+            c_ratio = f"{r['median_cpu_s'] / ref['median_cpu_s']:.3f}" if ref else "-"
             dlogp = (f"{max(abs(a - b) for a, b in zip(r['logp_head'], ref['logp_head'])):.2e}" if ref else "-")
             lines.append(f"| {'×'.join(map(str, shape))} | {name} | {r['peak_bytes'] / 2**20:.1f} | "
-                         f"{r['median_s']:.3f} | {mem_ratio} | {t_ratio} | {dlogp} |")
+                         f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {mem_ratio} | {t_ratio} | {c_ratio} | {dlogp} |")
     return "\n".join(lines)
 
 
@@ -194,10 +201,13 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(run_child(args.child, shapes[0], args.dtype, args.repeats, args.device, args.rows)))
         return 0
+    load_before = os.getloadavg()
     results = [_spawn(var, shape, args) for shape in shapes for var in args.variants.split(",")]
+    load_after = os.getloadavg()
     methods = sorted({r["memory_method"] for r in results})
     print(f"device={args.device} dtype={args.dtype} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} memory={','.join(methods)}")
+          f"threads={torch.get_num_threads()} repeats={args.repeats} memory={','.join(methods)} "
+          f"loadavg(1m) before={load_before[0]:.2f} after={load_after[0]:.2f} cpus={os.cpu_count()}")
     print(_table(results))
     if args.json:
         with open(args.json + ".tmp", "w") as f:

@@ -96,21 +96,21 @@ class RewardsConfig:
     """Token budget of prompt+response; truncation drops the prompt's start, keeping the response."""
     epochs: int = 4
     """Training epochs per category RM."""
-    batch_size: int = 16
+    batch_size: int = 8
     """Preference pairs per optimizer step (before accumulation)."""
     grad_accum: int = 1
     """Gradient accumulation steps for RM training."""
-    lr: float = 5e-5
+    lr: float = 1e-4
     """RM learning rate (AdamW)."""
     margin: float = 0.0
     """Bradley–Terry margin m in -log σ(r_c - r_r - m)."""
     l2_reg: float = 0.0
     """Small L2 penalty on rewards (r_c² + r_r²) keeping them centred."""
     patience: int = 2
-    """Early stopping: epochs without validation-accuracy gain before stopping."""
+    """Early stopping: epochs without improvement (higher validation accuracy, or equal accuracy and lower validation loss)."""
     shared_trunk: bool = False
     """Train only K scalar heads over one shared frozen backbone (cheapest; lower accuracy)."""
-    tuned_layers: Optional[int] = 3
+    tuned_layers: Optional[int] = 2
     """Top transformer blocks fine-tuned per RM; the embeddings and lower blocks stay frozen and shared, so the bank runs them once for all K (``null``: tune all blocks)."""
     bf16: bool = True
     """Train RMs under bf16 autocast where the device supports it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""

@@ -339,3 +339,64 @@ def test_train_bank_evaluate_and_extend(bert_dir, tmp_path):
         train_bank(train, val, tax, "some/other-backbone", tmp_path / "rm", ["b"], **hp)
     with pytest.raises(UserError, match="no training pairs for category 'b'"):
         train_bank([r for r in train if r["category"] != "b"], val, tax, bert_dir, None, **hp)
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+@pytest.fixture
+def cli_setup(bert_dir, tmp_path):
+    """A 3-category taxonomy, a CoD file of synthetic pairs, and a config using the tiny backbone."""
+    tax = tmp_path / "tax.yaml"
+    tax.write_text("categories:\n" + "".join(
+        f"  - {{slug: {s}, description: {s} harm, principle: be safe about {s}}}\n" for s in "abc"))
+    data = tmp_path / "cod.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records(["a", "b", "c"], 10)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {{taxonomy: {tax}, train_file: {data}, val_fraction: 0.2, test_fraction: 0.2}}\n"
+                   f"rewards: {{backbone: {bert_dir}, epochs: 2, batch_size: 4, lr: 0.003, max_length: 48,"
+                   f" tuned_layers: 1, bf16: false}}\n")
+    return tmp_path, cfg, data
+
+
+def test_cli_rm_train_then_eval(cli_setup, capsys):
+    from srmir.cli import main
+
+    tmp, cfg, data = cli_setup
+    assert main(["rm", "train", "--config", str(cfg), "--out", str(tmp / "rm"), "--categories", "a,c"]) == 0
+    out = capsys.readouterr().out
+    assert "category classifier: accuracy" in out and (tmp / "rm" / "eval.json").is_file() and (tmp / "rm" / "eval.png").is_file()
+    assert main(["rm", "eval", "--rm", str(tmp / "rm"), "--data", str(data), "--json", str(tmp / "e.json"),
+                 "--png", str(tmp / "e.png")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["RM", "\\", "data", "a", "b", "c"] and printed[1].split()[0] == "a"
+    result = json.loads((tmp / "e.json").read_text())
+    assert set(result["pairwise_accuracy"]) == {"a", "c"} and set(result["pairwise_accuracy"]["a"]) == {"a", "b", "c"}
+    assert (tmp / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bad_inputs_exit_2(cli_setup, capsys, bert_dir):
+    from srmir.cli import main
+
+    tmp, cfg, data = cli_setup
+    # A category the data lacks.
+    only_ab = tmp / "ab.jsonl"
+    only_ab.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records(["a", "b"], 10)))
+    assert main(["rm", "train", "--config", str(cfg), f"data.train_file={only_ab}", "--out", str(tmp / "x")]) == 2
+    assert "no training pairs for category 'c'" in capsys.readouterr().err
+    # An RM folder trained for another taxonomy: its data does not fit, and training into it is refused.
+    models, tok = perturbed_models(bert_dir, 2)
+    other = Taxonomy((Category("p", "p", "p"), Category("q", "q", "q")))
+    ShadowRewardBank.from_models(models, tok, ["p", "q"], backbone=bert_dir, max_length=32,
+                                 taxonomy=other).save_pretrained(tmp / "other")
+    assert main(["rm", "eval", "--rm", str(tmp / "other"), "--data", str(data)]) == 2
+    assert f"{data}:1" in capsys.readouterr().err
+    assert main(["rm", "train", "--config", str(cfg), "--out", str(tmp / "other"), "--categories", "a"]) == 2
+    assert "another taxonomy" in capsys.readouterr().err
+    # Not a bank; unknown category; bad config value.
+    assert main(["rm", "eval", "--rm", str(tmp), "--data", str(data)]) == 2
+    assert "not a shadow reward bank" in capsys.readouterr().err
+    assert main(["rm", "train", "--config", str(cfg), "--categories", "a,zz"]) == 2
+    assert "--categories: unknown category 'zz'" in capsys.readouterr().err
+    assert main(["rm", "train", "--config", str(cfg), "rewards.tuned_layers=-1"]) == 2
+    assert "rewards.tuned_layers" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from srmir.trainer import train
 from srmir.trainer.metrics import read_metrics
 from srmir.trainer.recipe import GRPORecipe
 
-from test_trainer_common import SyntheticReward, make_policy, tiny_config, tiny_setup
+from test_trainer_common import ROOT, SyntheticReward, tiny_config, tiny_setup
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,15 @@ EXPECTED_KEYS = {"reward/mean", "reward/std", "reward/rm/insult", "reward/rm/pri
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", ["2", "3", "3-offload"])
 def test_two_steps_end_to_end(files, tmp_path, stage):
     from transformers import AutoModelForCausalLM
 
     extra = {"train__steps": 2, "grpo__num_iterations": 2, "train__micro_batch_size": 2}
-    if stage == 3:
+    if stage == "3":
         extra.update(train__deepspeed=zero3_json(tmp_path), model__dtype="bf16")
+    if stage == "3-offload":  # the shipped file: parameters and optimizer state on the CPU
+        extra.update(train__deepspeed=str(ROOT / "ds_configs" / "zero3_offload.json"), model__dtype="bf16")
     cfg = tiny_config(files, tmp_path / "out", **extra)
     policy = train(cfg, reward_fn=SyntheticReward())
 

@@ -9,8 +9,9 @@ outlines) fixes the *shape* while leaving the *content* to the model:
   a new word are masked, and at the next word boundary ``" ;"`` is forced (also once a step runs
   past ``12 × max_step_words`` characters);
 - after ``steps`` steps, ``"\\n####"`` is forced; ``#`` and end-of-text are masked in the draft;
-- the answer after ``####`` is unconstrained: whether it refuses is still the model's doing and
-  is still checked by :func:`srmir.data.cod.cod_problems`.
+- the answer after ``####`` is the model's own: whether it refuses is still checked by
+  :func:`srmir.data.cod.cod_problems`. Only a second ``####`` is turned into end-of-text (a stop
+  string), because small models otherwise repeat the ``#### answer`` block until the budget ends.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class DraftFormatProcessor(LogitsProcessor):
         for b in range(input_ids_BL.shape[0]):
             text = self.tok.decode(input_ids_BL[b, self.prompt_len:], skip_special_tokens=True)
             if SEPARATOR in text and not self.queue.get(b):
-                continue  # the answer is free
+                self._end_instead_of_hash(scores_BV[b])
+                continue
             if not self.queue.get(b):
                 self.queue[b] = self._plan(text)
             if self.queue[b]:
@@ -101,6 +103,17 @@ class DraftFormatProcessor(LogitsProcessor):
         current = re.split(r"[;\n]", text)[-1]
         if count_words(current) >= self.fmt.max_step_words:  # only continue the last word or end the step
             scores_V[new_word_V.to(scores_V.device)] = float("-inf")
+
+    def _end_instead_of_hash(self, scores_V: torch.Tensor) -> None:
+        """In the answer, a new ``#`` would start another ``####`` block (small models loop so):
+        move its probability mass to end-of-text — a stop string, in logit space."""
+        if not self.eos_ids:
+            return
+        _, hash_V = self.vocab.masks(scores_V.shape[0])
+        hash_V = hash_V.to(scores_V.device)
+        eos = self.eos_ids[0]
+        scores_V[eos] = torch.logaddexp(scores_V[eos], torch.logsumexp(scores_V[hash_V], dim=0))
+        scores_V[hash_V] = float("-inf")
 
     @staticmethod
     def _force(scores_V: torch.Tensor, token_id: int) -> None:

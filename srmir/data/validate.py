@@ -27,14 +27,14 @@ _TEXT_FIELDS = {"cod": ("prompt", "chosen", "rejected"), "prompts": ("prompt",),
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad line: printed as ``path:line: reason``."""
+    """One bad line: printed as ``path:line: reason`` (``path: reason`` for line 0, the whole file)."""
 
     path: str
     line: int
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
+        return f"{self.path}:{self.line}: {self.reason}" if self.line else f"{self.path}: {self.reason}"
 
 
 # -------------------------------------------------------------------------------- line reading

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -150,7 +151,11 @@ class ShadowRewardBank:
         def one_model(stacked: dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(self._skeleton, (stacked, fixed), args=(), kwargs=batch)
 
-        return vmap(one_model)(self._stacked)
+        with warnings.catch_warnings():
+            # vmap has no batching rule for fused SDPA kernels and loops over K inside attention
+            # alone; on CPU that still beat eager (batched-matmul) attention, so silence the notice.
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            return vmap(one_model)(self._stacked)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str], normalize: Optional[bool] = None,

@@ -75,64 +75,77 @@ class GRPORecipe:
     # ------------------------------------------------------------------------------- setup
 
     def setup(self) -> None:
-        cfg, t = self.cfg, self.cfg.train
+        """Process group, prompts, policy engine, reference, rewards, then resume and logging."""
+        t = self.cfg.train
         _quiet_libraries()
         self.device = dist.init(self.local_rank)
         self.rank, self.world = dist.rank(), dist.world_size()
         _seed_everything(t.seed + self.rank)
         self.output_dir = Path(t.output_dir)
         self.ckpt_root = self.output_dir / "checkpoints"
+        taxonomy = load_taxonomy(self.cfg.data.taxonomy)
+        pool = self._setup_prompts(taxonomy)
+        self._setup_models()
+        self._setup_rewards(taxonomy, pool)
+        self.start_step, self.bad_in_row, self.skipped_total = 0, 0, 0
+        self._resume()
+        self.metrics = MetricsLogger(self.output_dir, t.steps, self.start_step, enabled=dist.is_main())
+        self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-        taxonomy = load_taxonomy(cfg.data.taxonomy)
-        pool = build.prompt_pool(taxonomy, cfg.data.train_file, cfg.data.prompts_file, cfg.data.val_fraction,
-                                 cfg.data.test_fraction, cfg.data.seed)
-        self.sampler = BalancedPromptSampler(pool, taxonomy.slugs, seed=t.seed)
-        self.group_size = cfg.grpo.group_size
-        self.n_global = cfg.rollout.prompts_per_step * self.group_size
+    def _setup_prompts(self, taxonomy) -> list[dict]:
+        d = self.cfg.data
+        pool = build.prompt_pool(taxonomy, d.train_file, d.prompts_file, d.val_fraction, d.test_fraction, d.seed)
+        self.sampler = BalancedPromptSampler(pool, taxonomy.slugs, seed=self.cfg.train.seed)
+        self.group_size = self.cfg.grpo.group_size
+        self.n_global = self.cfg.rollout.prompts_per_step * self.group_size
         self.n_local = self._local_batch_size()
+        return pool
 
+    def _setup_models(self) -> None:
+        """Tokenizer, the DeepSpeed config with its "auto" fields filled, the policy engine, and the
+        frozen reference (only when β > 0)."""
         from transformers import AutoConfig, AutoTokenizer
 
-        policy_path = resolve_model(cfg.model.policy)
-        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.model.trust_remote_code)
-        model_config = AutoConfig.from_pretrained(policy_path, trust_remote_code=cfg.model.trust_remote_code)
+        m, t = self.cfg.model, self.cfg.train
+        policy_path = resolve_model(m.policy)
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=m.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(policy_path, trust_remote_code=m.trust_remote_code)
         self.eos_ids = eos_token_ids(self.tokenizer, model_config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
 
         raw_ds = load_ds_config(t.deepspeed) if t.deepspeed else default_ds_config(t.zero_stage, t.offload)
         self.ds_config = fill_ds_config(
             raw_ds, micro_batch_size=t.micro_batch_size, grad_accum=self.n_local // t.micro_batch_size,
-            world_size=self.world, dtype=cfg.model.dtype, max_grad_norm=t.max_grad_norm,
+            world_size=self.world, dtype=m.dtype, max_grad_norm=t.max_grad_norm,
             hidden_size=model_config.hidden_size, source=t.deepspeed or "train.zero_stage")
         self.zero_stage = zero_stage(self.ds_config)
         self.engine = build.policy_engine(
-            policy_path, self.ds_config, dtype=cfg.model.dtype, attn=cfg.model.attn_implementation,
-            gradient_checkpointing=cfg.model.gradient_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
+            policy_path, self.ds_config, dtype=m.dtype, attn=m.attn_implementation,
+            gradient_checkpointing=m.gradient_checkpointing, trust_remote_code=m.trust_remote_code,
             lr=t.lr, weight_decay=t.weight_decay, schedule=t.lr_schedule,
-            total_steps=t.steps * cfg.grpo.num_iterations, warmup_steps=t.warmup_steps)
+            total_steps=t.steps * self.cfg.grpo.num_iterations, warmup_steps=t.warmup_steps)
         self.lm_head = self.engine.module.get_output_embeddings()
         self.ref, self.ref_head = None, None
-        if cfg.grpo.beta > 0:
+        if self.cfg.grpo.beta > 0:
             self.ref, self.ref_head = build.reference_model(
-                resolve_model(cfg.model.reference or cfg.model.policy), self.ds_config, self.device,
-                dtype=cfg.model.dtype, attn=cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code)
+                resolve_model(m.reference or m.policy), self.ds_config, self.device, dtype=m.dtype,
+                attn=m.attn_implementation, trust_remote_code=m.trust_remote_code)
 
+    def _setup_rewards(self, taxonomy, pool: list[dict]) -> None:
+        rw = self.cfg.rewards
         if self.reward_fn is None:
-            self.reward_fn = build.load_reward_bank(cfg.rewards.dir, taxonomy, self.device, cfg.rewards.normalize,
-                                                    cfg.rewards.batch_size_score)
+            self.reward_fn = build.load_reward_bank(rw.dir, taxonomy, self.device, rw.normalize, rw.batch_size_score)
         self.rm_categories = list(self.reward_fn.categories)
-        self._check_reward_categories(pool)
+        missing = sorted({r["category"] for r in pool} - set(self.rm_categories))
+        if missing and rw.strategy == "categorized":
+            raise UserError(f"categorized rewards need a shadow RM for every prompt category; the bank has none for "
+                            f"{', '.join(missing)}", where="rewards.strategy")
         self.reward_w = None
-        if cfg.rewards.strategy == "linear":
+        if rw.strategy == "linear":
             from ..rewards import linear_weights
 
             counts = {c: sum(r["category"] == c for r in pool) for c in self.rm_categories}
-            self.reward_w = linear_weights(cfg.rewards.weights, self.rm_categories, counts)
-
-        self.start_step, self.bad_in_row, self.skipped_total = 0, 0, 0
-        self._resume()
-        self.metrics = MetricsLogger(self.output_dir, t.steps, self.start_step, enabled=dist.is_main())
-        self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self.reward_w = linear_weights(rw.weights, self.rm_categories, counts)
 
     def _local_batch_size(self) -> int:
         mb = self.cfg.train.micro_batch_size
@@ -141,12 +154,6 @@ class GRPORecipe:
                 f"rollout.prompts_per_step × grpo.group_size = {self.n_global} sequences must split into "
                 f"{self.world} ranks × whole micro-batches of {mb}", where="train.micro_batch_size")
         return self.n_global // self.world
-
-    def _check_reward_categories(self, pool: list[dict]) -> None:
-        missing = sorted({r["category"] for r in pool} - set(self.rm_categories))
-        if missing and self.cfg.rewards.strategy == "categorized":
-            raise UserError(f"categorized rewards need a shadow RM for every prompt category; the bank has none for "
-                            f"{', '.join(missing)}", where="rewards.strategy")
 
     def _on_sigterm(self, signum, frame) -> None:
         # Acted on at the end of the current step, on every rank at once. A second SIGTERM (a hung
