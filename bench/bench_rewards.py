@@ -17,7 +17,7 @@ Sequential = :func:`srmir.rewards.score_sequential`: K standalone HF reward mode
 tokenizing and scoring all pairs in turn (what TRL does with a list of reward models).
 Batched = :meth:`ShadowRewardBank.score`: one tokenization, one vmapped pass. Both batch pairs
 of similar length (``--batch-size``) and run under ``torch.no_grad``. One warm-up run each, then
-the median of ``--repeats`` timed runs. The two score matrices are compared (max |Δ|).
+the median of ``--repeats`` rounds (the two alternate). The two score matrices are compared (max |Δ|).
 """
 from __future__ import annotations
 
@@ -63,20 +63,28 @@ def pairs(n: int) -> tuple[list[str], list[str]]:
     return [r["prompt"] for r in picked], [r["chosen"] if i % 2 == 0 else r["rejected"] for i, r in enumerate(picked)]
 
 
-def median_time(fn, repeats: int, device) -> float:
+def median_times(fns, repeats: int, device) -> list[tuple[float, float]]:
+    """Per function: (median wall seconds, median process CPU seconds) over ``repeats`` rounds.
+
+    One warm-up call each, then the functions alternate within every round, so a change in the
+    shared machine's load hits both alike; CPU time is reported too since load inflates wall time.
+    """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    fn()  # warm-up (lazy init, allocator, kernel selection)
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn in fns:  # warm-up (lazy init, allocator, kernel selection)
         fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync()
+    wall, cpu = [[] for _ in fns], [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
 def run(k: int, tuned, bank_dir, prompts, responses, args, device, dtype) -> dict:
@@ -90,12 +98,10 @@ def run(k: int, tuned, bank_dir, prompts, responses, args, device, dtype) -> dic
     batched = lambda: bank.score(prompts, responses, normalize=False, batch_size=args.batch_size)  # noqa: E731
     sequential = lambda: score_sequential(models, bank.encoder, prompts, responses, args.batch_size)  # noqa: E731
     diff = (batched() - sequential()).abs().max().item()
-    t_batched = median_time(batched, args.repeats, device)
-    t_sequential = median_time(sequential, args.repeats, device)
-    return {"k": len(bank.categories), "tuned": tuned, "frozen_layers": bank.frozen_layers,
-            "stacked": sum(t[0].numel() for t in bank._stacked.values()),
-            "shared": sum(t.numel() for t in bank._shared.values()),
-            "batched_s": t_batched, "sequential_s": t_sequential, "ratio": t_sequential / t_batched, "max_diff": diff}
+    (t_batched, c_batched), (t_sequential, c_sequential) = median_times([batched, sequential], args.repeats, device)
+    return {"k": len(bank.categories), "frozen_layers": bank.frozen_layers,
+            "batched_s": t_batched, "sequential_s": t_sequential, "ratio": t_sequential / t_batched,
+            "batched_cpu": c_batched, "sequential_cpu": c_sequential, "cpu_ratio": c_sequential / c_batched, "max_diff": diff}
 
 
 def main() -> None:
@@ -117,15 +123,17 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     print(f"# device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; {args.dtype}; "
           f"{args.pairs} pairs, batch {args.batch_size}; median of {args.repeats}; load avg {os.getloadavg()[0]:.2f}")
-    print("| K | tuned blocks | frozen (shared) blocks | batched (s) | sequential (s) | sequential / batched | max abs diff |")
+    print("| K | tuned blocks | shared frozen blocks | batched s (CPU s) | sequential s (CPU s) "
+          "| speed-up wall (CPU) | max abs diff |")
     print("|---|---|---|---|---|---|---|")
-    rows = [(None, args.rm)] if args.rm else [(None if t == "all" else int(t), None) for t in args.tuned_layers]
+    rows = [("trained", args.rm)] if args.rm else [(None if t == "all" else int(t), None) for t in args.tuned_layers]
     for k in ([0] if args.rm else args.k):
         for tuned, bank_dir in rows:
             r = run(k, tuned, bank_dir, prompts, responses, args, device, dtype)
-            print(f"| {r['k']} | {'all' if tuned is None and not bank_dir else tuned if tuned is not None else 'trained'} "
-                  f"| {r['frozen_layers']} | {r['batched_s']:.3f} | {r['sequential_s']:.3f} | {r['ratio']:.2f}× "
-                  f"| {r['max_diff']:.1e} |", flush=True)
+            print(f"| {r['k']} | {'all' if tuned is None else tuned} | {r['frozen_layers']} "
+                  f"| {r['batched_s']:.2f} ({r['batched_cpu']:.2f}) | {r['sequential_s']:.2f} ({r['sequential_cpu']:.2f}) "
+                  f"| {r['ratio']:.2f}× ({r['cpu_ratio']:.2f}×) | {r['max_diff']:.1e} |", flush=True)
+    print(f"# load avg at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -442,3 +442,11 @@ def test_local_smollm2_build_end_to_end(tmp_path, capsys):
     assert records and len(set(counts.values())) == 1  # balanced over the categories it got right
     assert {r["source"] for r in records} == {"srmir-demo/local:embedded:smollm2"}
     assert not (tmp_path / "cod.partial.jsonl").exists()
+
+
+def test_import_skips_and_counts_duplicate_ids(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": "a", "category": "insult", "prompt": p}) + "\n" for p in ("x", "y")))
+    recs, rep = import_prompts(path)
+    assert [r["prompt"] for r in recs] == ["x"] and rep.skipped == {"duplicate id": 1}
+    assert rep.examples == [f"{path}:2 (id 'a'): duplicate id"]

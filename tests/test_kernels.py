@@ -103,9 +103,9 @@ def test_selective_noncontiguous_and_masked(backend):
     """Row-strided and column-strided views, and -inf (masked) vocabulary entries."""
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(9, 2 * 333, generator=gen)
-    base[:, 5:40] = float("-inf")  # masked entries; targets avoid them
+    base[:, 5:40] = float("-inf")  # masked: columns 3..19 of the ::2 view, 5..39 of the other
     targets = _targets((9,), 333, gen)
-    targets[(targets >= 3) & (targets < 20)] = 100
+    targets[(targets >= 3) & (targets < 40)] = 100  # targets avoid every masked column
     for view in (base[:, ::2], base[:, :333].t().contiguous().t()):  # strides (666, 2) and (1, 9)
         logp, ent = K.selective_logprobs(view, targets, T, backend, return_entropy=True)
         ref_logp, ref_ent = _ref_logprobs(view.double(), targets, T)

@@ -202,6 +202,7 @@ def import_prompts(path: str | Path, fmt: str = "auto", mapping: str | Path | Ca
         cols.update(prompt="question")
     label_fields = {"do_not_answer": ["types_of_harm", "risk_area"], "safety_prompts": ["type"]}.get(fmt, [cols["category"]])
     out: list[dict] = []
+    seen_ids: set[str] = set()
     for index, (line, row) in enumerate(_rows(path)):
         report.rows += 1
         where = _where(path, line, index)
@@ -224,8 +225,12 @@ def import_prompts(path: str | Path, fmt: str = "auto", mapping: str | Path | Ca
             continue
         rid = row.get(cols["id"])
         rid = str(rid) if rid not in (None, "") else f"{path.stem}-{index + 1}"
-        # published datasets' ids get the format as prefix, so two sources never collide
-        out.append({"id": f"{fmt}-{rid}" if fmt in PUBLISHED else rid, "category": slug,
+        rid = f"{fmt}-{rid}" if fmt in PUBLISHED else rid  # so two sources never collide
+        if rid in seen_ids:  # the builder resumes by id: ids must be unique
+            report._skip("duplicate id", f"{where} (id {rid!r})")
+            continue
+        seen_ids.add(rid)
+        out.append({"id": rid, "category": slug,
                     "prompt": prompt.strip(), "source": fmt if fmt in PUBLISHED else path.name})
         report.imported += 1
     return out, report

@@ -146,6 +146,8 @@ class ShadowRewardBank:
 
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw rewards ``[K, B]`` of one collated batch, all K models in one vmapped pass."""
+        if len(self.categories) == 1:  # nothing to batch over; vmap would only add overhead
+            return functional_call(self._skeleton, self.params_of(0), args=(), kwargs=batch).unsqueeze(0)
         fixed = {**self._shared, **self._buffers}
 
         def one_model(stacked: dict[str, torch.Tensor]) -> torch.Tensor:

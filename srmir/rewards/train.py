@@ -138,10 +138,12 @@ def train_reward_model(model: RewardModel, encoder: PairEncoder, train_pairs: Se
         micro += micro[:(-len(micro)) % world]  # every rank gets the same number of micro-batches
         losses = []
         for idx in micro[rank::world]:
-            batch = encoder.collate([enc["train"][0][i] for i in idx] + [enc["train"][1][i] for i in idx], device)
+            # Chosen and rejected go in separate passes: each padded to its own longest sequence
+            # (CoD answers run about twice as long as the rejected ones; one batch would pad half of it).
             with autocast():
-                r_2B = stepper(batch).float()
-            loss = bradley_terry_loss(r_2B[:len(idx)], r_2B[len(idx):], margin, l2_reg)
+                rc_B = stepper(encoder.collate([enc["train"][0][i] for i in idx], device)).float()
+                rr_B = stepper(encoder.collate([enc["train"][1][i] for i in idx], device)).float()
+            loss = bradley_terry_loss(rc_B, rr_B, margin, l2_reg)
             stepper.backward_step(loss)
             losses.append(loss.item())
         model.eval()
