@@ -230,8 +230,8 @@ def import_prompts(path: str | Path, fmt: str = "auto", mapping: str | Path | Ca
             report._skip("duplicate id", f"{where} (id {rid!r})")
             continue
         seen_ids.add(rid)
-        out.append({"id": rid, "category": slug,
-                    "prompt": prompt.strip(), "source": fmt if fmt in PUBLISHED else path.name})
+        source = fmt if fmt in PUBLISHED else row.get("source") if isinstance(row.get("source"), str) else path.name
+        out.append({"id": rid, "category": slug, "prompt": prompt.strip(), "source": source})
         report.imported += 1
     return out, report
 

@@ -61,14 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or rw.dir or "runs/rm")
     rank, _ = dist_info()
     log = print if rank == 0 else (lambda *_: None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bank = train_bank(
         train, val, taxonomy, rw.backbone, out, categories, test_records=test, pooling=rw.pooling,
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
         normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
-    log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s")
+    log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s "
+        f"({time.process_time() - c0:.0f} s of CPU time in this process)")
     if test and rank == 0:
         result = evaluate_bank(bank, test)
         result["split"] = "test"
