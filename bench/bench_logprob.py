@@ -25,15 +25,16 @@ Measurement (each variant in a fresh subprocess, so no allocator state leaks bet
   blocks to the OS on free, so resident memory tracks live tensors.
 - CUDA peak memory: ``torch.cuda.max_memory_allocated()`` during one forward+backward
   minus the memory allocated before it.
-- Time: median wall time of ``--repeats`` forward+backward calls after the measured
-  (warm-up) call; CUDA calls are synchronized. On CPU the median *process CPU time*
+- Time: median wall time of the forward+backward calls after the measured (warm-up)
+  call: ``--repeats`` per child, pooled over ``--rounds`` children per variant that run
+  interleaved (naive, trl, ours, naive, ...); CUDA calls are synchronized. On CPU the median *process CPU time*
   (all threads, ``time.process_time``) is reported too: on a shared machine it is far
   less sensitive to other people's jobs than wall time. The load average before and
   after the run is printed with the table.
 
 Usage::
 
-    python bench/bench_logprob.py --dtype bf16 --repeats 5
+    python bench/bench_logprob.py --dtype bf16 --repeats 3 --rounds 2
     python bench/bench_logprob.py --shapes 4096x576x49152,16384x4096x128256   # GPU shape too
 
 Defaults: shape 4096x576x49152 on CPU; on CUDA also 16384x4096x128256.
@@ -142,7 +143,7 @@ def run_child(variant: str, shape: tuple[int, int, int], dtype: str, repeats: in
     return {
         "variant": variant, "shape": list(shape), "dtype": dtype, "device": device,
         "peak_bytes": int(peak), "memory_method": method, "median_s": statistics.median(times), "times_s": times,
-        "median_cpu_s": statistics.median(cpu_times),
+        "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
         "logp_head": logp[:256].float().cpu().tolist(),
         "grad_w_norm": float(weight.grad.float().norm()),
     }
@@ -156,6 +157,26 @@ def _spawn(variant, shape, args) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{variant} {shape} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_rounds(shape, args) -> list[dict]:
+    """``--rounds`` passes over the variants, interleaved (naive, trl, ours, naive, ...), so a
+    change in machine load hits every variant alike; times pool all rounds' repeats."""
+    variants = args.variants.split(",")
+    runs = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            runs[v].append(_spawn(v, shape, args))
+    merged = []
+    for v, rs in runs.items():
+        r = dict(rs[0])
+        r["times_s"] = [t for x in rs for t in x["times_s"]]
+        r["cpu_times_s"] = [t for x in rs for t in x["cpu_times_s"]]
+        r["median_s"] = statistics.median(r["times_s"])
+        r["median_cpu_s"] = statistics.median(r["cpu_times_s"])
+        r["peak_bytes"] = max(x["peak_bytes"] for x in rs)
+        merged.append(r)
+    return merged
 
 
 def _table(results: list[dict]) -> str:
@@ -173,7 +194,8 @@ def _table(results: list[dict]) -> str:
             c_ratio = f"{r['median_cpu_s'] / ref['median_cpu_s']:.3f}" if ref else "-"
             dlogp = (f"{max(abs(a - b) for a, b in zip(r['logp_head'], ref['logp_head'])):.2e}" if ref else "-")
             lines.append(f"| {'×'.join(map(str, shape))} | {name} | {r['peak_bytes'] / 2**20:.1f} | "
-                         f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {mem_ratio} | {t_ratio} | {c_ratio} | {dlogp} |")
+                         f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {mem_ratio} | {t_ratio} | "
+                         f"{c_ratio} | {dlogp} |")
     return "\n".join(lines)
 
 
@@ -188,7 +210,8 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per child process")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved child processes per variant")
     p.add_argument("--shapes", default=None, help="comma list of NxHxV")
     p.add_argument("--variants", default=",".join(_VARIANTS))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -202,11 +225,13 @@ def main(argv=None) -> int:
         print(json.dumps(run_child(args.child, shapes[0], args.dtype, args.repeats, args.device, args.rows)))
         return 0
     load_before = os.getloadavg()
-    results = [_spawn(var, shape, args) for shape in shapes for var in args.variants.split(",")]
+    results = [_run_rounds(shape, args) for shape in shapes]
+    results = [r for group in results for r in group]
     load_after = os.getloadavg()
     methods = sorted({r["memory_method"] for r in results})
     print(f"device={args.device} dtype={args.dtype} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} memory={','.join(methods)} "
+          f"threads={torch.get_num_threads()} repeats={args.repeats} rounds={args.rounds} "
+          f"memory={','.join(methods)} "
           f"loadavg(1m) before={load_before[0]:.2f} after={load_after[0]:.2f} cpus={os.cpu_count()}")
     print(_table(results))
     if args.json:

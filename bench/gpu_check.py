@@ -71,7 +71,8 @@ def bandwidth_rows(n: int, v: int, dtype: torch.dtype, device: str, backend: str
     ]
 
 
-def tflops_rows(n: int, h: int, v: int, dtype: torch.dtype, device: str, backend: str, repeats: int) -> list[tuple]:
+def tflops_rows(n: int, h: int, v: int, dtype: torch.dtype, device: str, backend: str,
+                repeats: int) -> list[tuple]:
     """Rows (name, achieved TFLOP/s, baseline TFLOP/s) for fused_linear_logprobs vs torch.mm."""
     chunk_tokens, chunk_vocab = K._default_chunks(n, v, torch.device(device))
     a = torch.randn(chunk_tokens, h, device=device, dtype=dtype)

@@ -40,7 +40,7 @@ def triton_available() -> bool:
     """True when ``import triton`` succeeds (the kernels are compiled on first use)."""
     try:
         import triton  # noqa: F401
-    except ImportError:
+    except Exception:  # ImportError, or a broken install: either way there is no triton path
         return False
     return True
 

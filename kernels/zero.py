@@ -45,11 +45,13 @@ def gathered_lm_head(module: torch.nn.Module):
       ``RuntimeError: Function FusedLinearLogprobsFnBackward returned an invalid gradient
       ... got [0] but expected shape compatible with [V, H]``: no training, but never
       silently wrong gradients.
-    * Alternative without this helper: call ``fused_linear_logprobs`` inside the forward
-      of the module the engine wraps (``engine(input_ids, targets)`` returning log-probs).
-      ZeRO-3 then discovers ``lm_head.weight`` as an external parameter on attribute
-      access and gathers it for forward and backward itself; this helper, if used there,
-      sees the parameters available and does nothing.
+    * Alternatives where ZeRO-3's own hooks do the work and this helper, if used, sees
+      the parameters available and does nothing: call ``fused_linear_logprobs`` inside
+      the forward of the module the engine wraps (``engine(input_ids, targets)``
+      returning log-probs: ZeRO-3 discovers ``lm_head.weight`` as an external parameter
+      on attribute access and gathers it for forward and backward), or inside
+      ``lm_head``'s own forward, temporarily replaced for the call (what
+      ``srmir/trainer/logprobs.py`` does).
     * Pick one of the two styles per engine: switching from this helper to the
       in-forward style between steps made DeepSpeed 0.19.8's prefetch coordinator raise
       ``RuntimeError: tracing error`` (its recorded parameter-fetch order changed).

@@ -431,7 +431,7 @@ def test_local_smollm2_build_end_to_end(tmp_path, capsys):
     """`srmir data build` with the embedded SmolLM2-135M from the shipped prompts (1 per category):
     the drafts are weak, but the output is a non-empty, strictly valid, balanced file."""
     out = tmp_path / "cod.jsonl"
-    code = main(["data", "build", "--out", str(out), "--limit", "1", "--shots", "1", "--max-new-tokens", "72",
+    code = main(["data", "build", "--out", str(out), "--limit", "1", "--shots", "1", "--max-new-tokens", "64",
                  "--attempts", "2", "data.generator=local", "data.val_fraction=0", "data.test_fraction=0"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -450,3 +450,19 @@ def test_import_skips_and_counts_duplicate_ids(tmp_path):
     recs, rep = import_prompts(path)
     assert [r["prompt"] for r in recs] == ["x"] and rep.skipped == {"duplicate id": 1}
     assert rep.examples == [f"{path}:2 (id 'a'): duplicate id"]
+
+
+def test_build_upsample_with_cap_and_split_files(tmp_path):
+    from srmir.data.build import build_dataset
+
+    prompts = [{"id": f"{c}-{i}", "category": c, "prompt": f"request {c} {i} number {i * 17}"}
+               for c, n in (("insult", 5), ("crimes_illegal", 3)) for i in range(n)]
+    gen = _Scripted(lambda request, kind, attempt: GOOD if kind == "chosen" else "Sure, fine.")
+    logs = []
+    report = build_dataset(prompts, gen, TAX, tmp_path / "o.jsonl", balance_mode="upsample", cap=4,
+                           val_fraction=0.25, test_fraction=0.25, log=logs.append)
+    assert report.counts["insult"] == report.counts["crimes_illegal"] == 4
+    assert any("upsampling 'crimes_illegal' from 3 to 4" in line for line in logs)
+    sizes = {n: len((tmp_path / f"o.{n}.jsonl").read_text().splitlines()) for n in ("train", "val", "test")}
+    assert sizes == report.splits and sum(sizes.values()) == 8
+    assert main(["data", "validate", "--strict", str(tmp_path / "o.jsonl")]) == 0

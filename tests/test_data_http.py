@@ -101,7 +101,7 @@ def server(monkeypatch):
     monkeypatch.setenv(ENV, KEY)
     srv = Server(("127.0.0.1", 0), Handler)
     srv.fake = FakeLLM()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -224,6 +224,8 @@ def test_build_interrupted_then_resumed_has_no_lost_or_duplicated_ids(server, tm
     final = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in final) == sorted(ids)  # none lost, none duplicated
     assert not partial.exists()
+    train = tmp_path / "cod.train.jsonl"  # 2 per category: too few to hold out, all go to train
+    assert len(train.read_text().splitlines()) == len(ids) and not (tmp_path / "cod.val.jsonl").exists()
     assert main(["data", "validate", "--strict", str(out)]) == 0
     assert main(["data", "stats", "--json", str(out)]) == 0
     stats = json.loads(capsys.readouterr().out.split("ok\n", 1)[1])

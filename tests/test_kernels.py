@@ -179,10 +179,12 @@ def test_fused_partial_requires_grad(backend):
     hidden, weight, b, targets, upstream = _fused_case(torch.float32, seed=4)
     _, _, ref_grads = _fused_reference(hidden, weight, b, targets, upstream, T)
     h_leaf = hidden.clone().requires_grad_()
-    K.fused_linear_logprobs(h_leaf, weight, targets, T, b, backend, chunk_vocab=333).mul(upstream.float()).sum().backward()
+    logp = K.fused_linear_logprobs(h_leaf, weight, targets, T, b, backend, chunk_vocab=333)
+    (logp * upstream.float()).sum().backward()
     _assert_grad_close(h_leaf.grad, ref_grads[0], 2e-5)
     w_leaf = weight.clone().requires_grad_()
-    K.fused_linear_logprobs(hidden, w_leaf, targets, T, b, backend, chunk_tokens=2).mul(upstream.float()).sum().backward()
+    logp = K.fused_linear_logprobs(hidden, w_leaf, targets, T, b, backend, chunk_tokens=2)
+    (logp * upstream.float()).sum().backward()
     _assert_grad_close(w_leaf.grad, ref_grads[1], 2e-5)
 
 

@@ -120,16 +120,20 @@ def test_fused_head_logprobs_and_gradients_equal_the_full_logits_path(tmp_path):
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # left padding
     completion = ids[:, 7:]
-    weights = torch.linspace(-1, 2, 4)
-    logp, ent = completion_logprobs(fused, fused.lm_head, ids, mask, completion, 0.7, "torch", with_entropy=True)
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])  # padding after EOS
+    mask[:, 7:] = completion_mask
+    weights = torch.linspace(-1, 2, 4) * completion_mask
+    logp, ent = completion_logprobs(fused, fused.lm_head, ids, mask, completion, completion_mask, 0.7, "torch",
+                                    with_entropy=True)
     ref = plain_logprobs(plain, ids, mask, completion, 0.7)
-    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logp, ref * completion_mask, atol=1e-5, rtol=1e-5)  # 0 where masked
     (logp * weights).sum().backward()
     (ref * weights).sum().backward()
     for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
     assert fused.lm_head.weight is fused.model.embed_tokens.weight  # the tied case, as in SmolLM2
-    assert ent.shape == (3, 4) and (ent > 0).all() and ent.grad_fn is None
+    assert ent.shape == (3, 4) and (ent[completion_mask.bool()] > 0).all() and (ent[~completion_mask.bool()] == 0).all()
+    assert ent.grad_fn is None
     assert "forward" not in vars(fused.lm_head)  # the head is restored afterwards
 
 
@@ -213,3 +217,15 @@ def test_bad_override_is_one_line_exit_2(capsys):
 
     assert trainer.main(["--config", str(ROOT / "configs" / "tiny.yaml"), "grpo.group_size=1"]) == 2
     assert "srmir: error: grpo.group_size:" in capsys.readouterr().err
+
+
+def test_sigterm_stop_exits_143_for_the_scheduler(tmp_path, monkeypatch, capsys):
+    import srmir.trainer as trainer
+    from srmir.trainer.recipe import Stopped
+
+    def stopped(cfg, local_rank=None):
+        raise Stopped(3, tmp_path / "step-00000003")
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    assert trainer.main(["--config", str(ROOT / "configs" / "tiny.yaml")]) == 143
+    assert "stopped by SIGTERM after step 3" in capsys.readouterr().err

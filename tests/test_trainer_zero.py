@@ -91,7 +91,8 @@ def test_zero3_partitions_and_fused_head_gradients_match_plain_model(files, tmp_
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     completion = ids[:, 5:]
-    logp, _ = completion_logprobs(engine, recipe.lm_head, ids, mask, completion, 1.0, "torch")
+    logp, _ = completion_logprobs(engine, recipe.lm_head, ids, mask, completion, torch.ones_like(completion), 1.0,
+                                  "torch")
     engine.backward(logp.sum() * 0.5, scale_wrt_gas=False)
     expected = plain_logprobs(plain, ids, mask, completion, 1.0)
     (expected.sum() * 0.5).backward()
@@ -133,12 +134,13 @@ def test_non_finite_rewards_skip_steps_then_abort(files, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_non_finite_loss_skips_the_update_without_touching_weights(files, tmp_path, monkeypatch, stage):
     from deepspeed.utils import safe_get_full_fp32_param
 
     extra = {"train__deepspeed": zero3_json(tmp_path), "model__dtype": "bf16"} if stage == 3 else {}
-    cfg = tiny_config(files, tmp_path / "out", train__steps=3, train__micro_batch_size=2, **extra)
+    cfg = tiny_config(files, tmp_path / "out", train__steps=3, train__micro_batch_size=2, train__zero_stage=stage,
+                      **extra)
     recipe = GRPORecipe(cfg, reward_fn=SyntheticReward())
     recipe.setup()
     real = recipe._micro_loss
@@ -150,15 +152,40 @@ def test_non_finite_loss_skips_the_update_without_touching_weights(files, tmp_pa
         return (share * math.inf if calls["n"] == 6 else share), stats  # the 2nd micro-batch of step 2
 
     monkeypatch.setattr(recipe, "_micro_loss", poisoned)
-    params = lambda: {n: safe_get_full_fp32_param(p).clone() for n, p in recipe.engine.module.named_parameters()}  # noqa: E731
+    def params():  # the fp32 master weights (ZeRO-0: the module's own)
+        return {n: (p if stage == 0 else safe_get_full_fp32_param(p)).detach().clone()
+                for n, p in recipe.engine.module.named_parameters()}
+
     m1 = recipe.step(1)
     before = params()
     with pytest.warns(RuntimeWarning, match="a non-finite loss"):
         m2 = recipe.step(2)
     after = params()
     assert all(torch.equal(before[n], after[n]) for n in before)  # the update was dropped whole
-    assert m1["skipped"] == 0 and m2["skipped"] == 1 and recipe.engine.skipped_steps == 1
+    assert m1["skipped"] == 0 and m2["skipped"] == 1
+    assert recipe.engine.skipped_steps == (0 if stage == 0 else 1)  # fp32 ZeRO-0: gradients dropped instead
     recipe.step(3)  # and training continues with finite gradients
     assert any(not torch.equal(after[n], p) for n, p in params().items())
     recipe.metrics.close()
 
+
+
+@pytest.mark.slow
+def test_bf16_keeps_fp32_master_weights_so_tiny_updates_survive(files, tmp_path):
+    """One Adam step at lr=1e-6 moves each weight by about 1e-6: far below bf16's resolution at the
+    weights' scale (~1e-4 near 0.02), so bf16-only weights would not move; DeepSpeed's fp32 master
+    copy must."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    cfg = tiny_config(files, tmp_path / "out", model__dtype="bf16", train__lr=1e-6, grpo__beta=0.0)
+    recipe = GRPORecipe(cfg, reward_fn=SyntheticReward())
+    recipe.setup()
+    param = recipe.engine.module.model.layers[0].mlp.up_proj.weight
+    master0, bf16_0 = safe_get_full_fp32_param(param).clone(), param.detach().clone()
+    assert param.dtype == torch.bfloat16 and master0.dtype == torch.float32
+    recipe.step(1)
+    master1 = safe_get_full_fp32_param(param)
+    moved = (master1 != master0).float().mean().item()
+    assert moved > 0.9 and (master1 - master0).abs().max().item() < 3e-6
+    assert (param.detach() != bf16_0).float().mean().item() < 0.2  # the bf16 copy mostly rounds back
+    recipe.metrics.close()

@@ -224,7 +224,7 @@ def _append(path: Path, records: list[dict]) -> None:
 def build_dataset(prompts: list[dict], generator: Generator, taxonomy: Taxonomy, out: str | Path, *,
                   examples: dict[str, list[dict]] | None = None, max_step_words: int = 5,
                   max_new_tokens: int = 160, attempts: int = 3, temperature: float = 0.7, shots: int = 2,
-                  chunk_size: int = 32, balance_mode: str = "downsample", seed: int = 0,
+                  chunk_size: int = 32, balance_mode: str = "downsample", cap: int | None = None, seed: int = 0,
                   val_fraction: float = 0.0, test_fraction: float = 0.0, limit: int | None = None,
                   source_tag: str = "generated", log: Callable[[str], None] = print) -> BuildReport:
     """Generate a CoD preference dataset from ``prompts`` (``{"id", "category", "prompt"}``).
@@ -260,25 +260,28 @@ def build_dataset(prompts: list[dict], generator: Generator, taxonomy: Taxonomy,
             raise GenerationError(f"generator failed: {fatal}; {len(done)} records are saved in {part}; "
                                   "run the same command again to resume")
     wanted_cats = [slug for slug in taxonomy.slugs if any(r["category"] == slug for r in selected)]
-    _finish(done, taxonomy, wanted_cats, out, part, balance_mode, seed, val_fraction, test_fraction,
-            max_step_words, report, log)
+    balanced = _balance_valid(done, taxonomy, wanted_cats, balance_mode=balance_mode, cap=cap, seed=seed,
+                              max_step_words=max_step_words, report=report, log=log)
+    _write_outputs(balanced, out, part, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                   report=report)
     return report
 
 
-def _finish(records, taxonomy, wanted_cats, out, part, balance_mode, seed, val_fraction, test_fraction,
-            max_step_words, report, log):
-    """Re-validate, balance, split and write the outputs atomically; then drop the partial file.
+def _balance_valid(records: list[dict], taxonomy: Taxonomy, wanted_cats: list[str], *, balance_mode: str,
+                   cap: int | None, seed: int, max_step_words: int, report: BuildReport,
+                   log: Callable[[str], None]) -> list[dict]:
+    """Re-validate the finished records (the partial file may be old or edited) and balance them.
 
     Balancing warnings (a category with no valid record, upsampling) go to ``log``: a category
     the prompts had but the generator never got right is left out and named, not hidden."""
     valid = [r for r in records if r.get("category") in taxonomy
              and not cod_problems(r.get("chosen", ""), max_step_words) and not rejected_problems(r.get("rejected", ""))]
-    report.failed["invalid record in partial file"] += len(records) - len(valid)
-    report.failed += Counter()  # drop zero counts
+    if len(valid) < len(records):
+        report.failed["invalid record in partial file"] += len(records) - len(valid)
     ordered = sorted(valid, key=lambda r: (taxonomy.index(r["category"]), str(r["id"])))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        balanced = balance(ordered, balance_mode, seed=seed, categories=wanted_cats)
+        balanced = balance(ordered, balance_mode, seed=seed, cap=cap, categories=wanted_cats)
     for w in caught:
         log(f"warning: {w.message}")
     balanced.sort(key=lambda r: (taxonomy.index(r["category"]), str(r["id"])))
@@ -286,12 +289,19 @@ def _finish(records, taxonomy, wanted_cats, out, part, balance_mode, seed, val_f
     if not balanced:
         raise GenerationError(f"no valid records were produced ({dict(report.failed)}); "
                               "try more --attempts, a larger --max-new-tokens or a stronger model")
+    return balanced
+
+
+def _write_outputs(balanced: list[dict], out: Path, part: Path, *, val_fraction: float, test_fraction: float,
+                   seed: int, report: BuildReport) -> None:
+    """Write ``out`` and the non-empty split files atomically; only then drop the partial file."""
     write_jsonl_atomic(out, balanced)
     report.outputs.append(str(out))
     if val_fraction > 0 or test_fraction > 0:
         train, val, test = stratified_split(balanced, val_fraction, test_fraction, seed)
         for (name, path), recs in zip(split_paths(out).items(), (train, val, test)):
-            write_jsonl_atomic(path, recs)
             report.splits[name] = len(recs)
-            report.outputs.append(str(path))
+            if recs:  # an empty split (categories under 3 records) gets no file rather than an empty one
+                write_jsonl_atomic(path, recs)
+                report.outputs.append(str(path))
     part.unlink(missing_ok=True)

@@ -62,6 +62,9 @@ def _register_build(sub) -> None:
     b.add_argument("--category", metavar="SLUG", help="category of every prompt (txt files, or files without one)")
     b.add_argument("--out", required=True, metavar="FILE", help="output JSONL (split files are written beside it)")
     b.add_argument("--limit", type=int, metavar="N", help="at most N prompts per category")
+    b.add_argument("--cap", type=int, metavar="N",
+                   help="at most N records per category after balancing (data.balance=upsample repeats "
+                        "records of smaller categories up to min(largest, N), with a warning)")
     b.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per response (default 160)")
     b.add_argument("--attempts", type=int, default=3, help="generations per response before giving up (default 3)")
     b.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
@@ -122,7 +125,8 @@ def cmd_build(args) -> int:
     d = cfg.data
     taxonomy = load_taxonomy(d.taxonomy)
     for flag, value, low in (("--limit", args.limit, 1), ("--max-new-tokens", args.max_new_tokens, 8),
-                             ("--attempts", args.attempts, 1), ("--shots", args.shots, 0), ("--batch-size", args.batch_size, 1)):
+                             ("--attempts", args.attempts, 1), ("--shots", args.shots, 0), ("--batch-size", args.batch_size, 1),
+                             ("--cap", args.cap, 1)):
         if value is not None and value < low:
             raise UserError(f"must be >= {low}", where=flag)
     prompts, report = import_prompts(args.prompts or shipped("prompts"), args.format, args.mapping,
@@ -139,7 +143,7 @@ def cmd_build(args) -> int:
         result = build_dataset(
             prompts, generator, taxonomy, args.out, examples=examples, max_step_words=d.max_step_words,
             max_new_tokens=args.max_new_tokens, attempts=args.attempts, temperature=args.temperature,
-            shots=args.shots, chunk_size=max(d.concurrency * 4, args.batch_size), balance_mode=d.balance,
+            shots=args.shots, chunk_size=max(d.concurrency * 4, args.batch_size), balance_mode=d.balance, cap=args.cap,
             seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction, limit=args.limit,
             source_tag=f"{d.generator}:{d.generator_model}",
             log=lambda msg: print(msg, file=sys.stderr))

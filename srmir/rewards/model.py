@@ -159,6 +159,9 @@ class PairEncoder:
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(
                 [{"role": "user", "content": _P}, {"role": "assistant", "content": _R}], tokenize=False)
+            if _P not in text or _R not in text.split(_P, 1)[1]:
+                raise UserError("the tokenizer's chat template drops the prompt or the response; cannot format pairs",
+                                where="rewards.backbone")
             head, rest = text.split(_P, 1)
             mid, tail = rest.split(_R, 1)
             return [(self._ids(t), [0] * len(self._ids(t))) for t in (head, mid, tail)]

@@ -190,7 +190,8 @@ def _check_categories(categories, taxonomy: Taxonomy, train: dict, val: dict) ->
     for c in cats:
         taxonomy.index(c)  # unknown slug → UserError
         if not train.get(c):
-            raise UserError(f"no training pairs for category {c!r} in the data", where="rewards.categories")
+            raise UserError(f"no training pairs for category {c!r} in the data (name the categories it has with "
+                            "rewards.categories or --categories)", where="data.train_file")
         if not val.get(c):
             raise UserError(f"no validation pairs for category {c!r} (raise data.val_fraction or add data)",
                             where="data.val_fraction")

@@ -9,7 +9,6 @@ import importlib.util
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -87,6 +86,20 @@ def load_causal_lm(path: str, dtype: str, attn: str, trust_remote_code: bool, wh
         raise UserError(f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}", where=where) from None
 
 
+class AdamW(torch.optim.AdamW):
+    """torch AdamW that can be told to skip its next step. DeepSpeed skips non-finite updates
+    itself for its ZeRO and bf16/fp16 optimizers; an fp32 ZeRO-0 engine steps this optimizer
+    directly, so the recipe sets ``skip_next`` there instead."""
+
+    skip_next = False
+
+    def step(self, closure=None):
+        if self.skip_next:
+            self.skip_next = False
+            return None
+        return super().step(closure)
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
     """Multiplier of the base lr after ``s`` optimizer steps: linear warm-up to 1 over
     ``warmup_steps``, then constant, linear decay to 0, or cosine decay to 0 at ``total_steps``."""
@@ -114,7 +127,7 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
@@ -171,8 +184,9 @@ def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
         state = engine.module.state_dict() if dist.is_main() else None
     out_dir = Path(out_dir)
     if dist.is_main():
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")  # mkdir, not mkdtemp: umask modes
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         try:
             engine.module.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)

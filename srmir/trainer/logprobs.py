@@ -25,20 +25,24 @@ import srmir_kernels
 
 
 @contextlib.contextmanager
-def fused_head(lm_head: torch.nn.Module, targets_BC: torch.Tensor, temperature: float, backend: str,
-               with_entropy: bool, out: dict):
-    """Within the block, ``lm_head(hidden_BLH)`` returns log-probs ``[B, C]`` of ``targets_BC``
-    (fp32) for hidden states ``[B, C+1, H]``; the entropy, if asked, is stored in ``out``."""
+def fused_head(lm_head: torch.nn.Module, targets_BC: torch.Tensor, mask_BC: torch.Tensor, temperature: float,
+               backend: str, with_entropy: bool, out: dict):
+    """Within the block, ``lm_head(hidden_BLH)`` maps hidden states ``[B, C+1, H]`` to the fp32
+    log-probs ``[B, C]`` of ``targets_BC`` — computed only where ``mask_BC`` is 1 (the padding after
+    EOS never reaches the head) and 0 elsewhere; the entropy, if asked, is stored in ``out``."""
 
     def forward(hidden_BLH: torch.Tensor) -> torch.Tensor:
-        hidden_BCH = hidden_BLH[:, :-1]
+        keep_BC = mask_BC.bool()
+        hidden_MH = hidden_BLH[:, :-1][keep_BC]  # M = real completion tokens
         with srmir_kernels.gathered_lm_head(lm_head) as (weight, bias):  # no-op inside the hooks
             result = srmir_kernels.fused_linear_logprobs(
-                hidden_BCH, weight, targets_BC, temperature=temperature, bias=bias, backend=backend,
+                hidden_MH, weight, targets_BC[keep_BC], temperature=temperature, bias=bias, backend=backend,
                 return_entropy=with_entropy)
-        if with_entropy:
-            result, out["entropy"] = result
-        return result
+        logp_M, entropy_M = result if with_entropy else (result, None)
+        zeros_BC = torch.zeros(keep_BC.shape, dtype=torch.float32, device=keep_BC.device)
+        if entropy_M is not None:
+            out["entropy"] = zeros_BC.masked_scatter(keep_BC, entropy_M)
+        return zeros_BC.masked_scatter(keep_BC, logp_M)
 
     lm_head.forward = forward
     try:
@@ -58,19 +62,20 @@ def completion_logprobs(
     input_ids_BT: torch.Tensor,
     attention_mask_BT: torch.Tensor,
     completion_ids_BC: torch.Tensor,
+    completion_mask_BC: torch.Tensor,
     temperature: float = 1.0,
     backend: str = "auto",
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(logp_BC, entropy_BC or None): log π(c_t | prompt, c_<t) under softmax(logits / temperature).
+    """(logp_BC, entropy_BC or None): log π(c_t | prompt, c_<t) under softmax(logits / temperature)
+    where ``completion_mask_BC`` is 1, and 0 at the padding columns.
 
     ``model`` is what runs the forward (a DeepSpeed engine or the HF model itself) and ``lm_head``
     the head module inside it. Differentiable when called with grad enabled; entropy never is.
-    Values at masked (padding) completion columns are computed but meaningless.
     """
     n_completion = completion_ids_BC.shape[1]
     out: dict = {}
-    with fused_head(lm_head, completion_ids_BC, temperature, backend, with_entropy, out):
+    with fused_head(lm_head, completion_ids_BC, completion_mask_BC, temperature, backend, with_entropy, out):
         result = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
                        position_ids=position_ids(attention_mask_BT), logits_to_keep=n_completion + 1,
                        use_cache=False)

@@ -97,7 +97,7 @@ def plot_rewards(metrics_file: Path, png: Path, smooth: int = 5) -> Optional[Pat
     import matplotlib.pyplot as plt
 
     panels = (("reward/category/", "reward by prompt category"), ("reward/rm/", "score by shadow RM (all prompts)"))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(16, 4.5))
     for ax, (prefix, title) in zip(axes, panels):
         ax.plot(*_series(records, "reward/mean", smooth), color="black", lw=2.5, label="combined reward")
         for key in sorted({k for r in records for k in r if k.startswith(prefix)}):
@@ -105,7 +105,7 @@ def plot_rewards(metrics_file: Path, png: Path, smooth: int = 5) -> Optional[Pat
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: curves stay visible
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,7 @@ class GRPORecipe:
         need_old, old, ref = self.cfg.grpo.num_iterations > 1, [], []
         for rows in self._micro_batches():
             micro = rollout.select(rows)
-            args = (micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC,
+            args = (micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC, micro.completion_mask_BC,
                     self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
             if need_old:
                 old.append(completion_logprobs(self.engine, self.lm_head, *args)[0])
@@ -280,10 +280,14 @@ class GRPORecipe:
         return [slice(s, s + mb) for s in range(0, self.n_local, mb)]
 
     def _update(self, batch: StepBatch) -> tuple[bool, dict]:
-        """μ optimizer steps over the batch; returns (applied, metrics). A non-finite loss on any rank
-        poisons the rest of the accumulation with NaN, which DeepSpeed's overflow check turns into a
-        skipped optimizer step (no weight, moment or lr-schedule change)."""
+        """μ optimizer steps over the batch; returns (applied, metrics).
+
+        A non-finite loss on any rank poisons the rest of the step's accumulation with NaN, which
+        DeepSpeed's overflow check (ZeRO optimizers, bf16/fp16 wrappers) turns into a skipped
+        optimizer step: no weight, moment or lr-schedule change. A plain fp32 ZeRO-0 engine steps
+        our AdamW directly, which is told to skip instead (the lr schedule still advances)."""
         g = self.cfg.grpo
+        checks_overflow = self.zero_stage > 0 or self.engine.bfloat16_enabled() or self.engine.fp16_enabled()
         # sums over this rank: loss, Σm·kl, Σm·entropy, Σm (iteration 0); Σm·clipped, Σm (all iterations)
         sums = torch.zeros(6, device=self.device, dtype=torch.float64)
         bad, skipped_before = False, self.engine.skipped_steps
@@ -293,9 +297,12 @@ class GRPORecipe:
                 bad = dist.any_rank(bad or not bool(torch.isfinite(share)), self.device)
                 scale = float("nan") if bad else float(self.world)
                 self.engine.backward(share * scale, scale_wrt_gas=False)
+                if bad and not checks_overflow and self.engine.is_gradient_accumulation_boundary():
+                    assert isinstance(self.engine.optimizer, build.AdamW), type(self.engine.optimizer)
+                    self.engine.optimizer.skip_next = True
                 self.engine.step()
                 sums += stats
-        if bad and self.engine.skipped_steps == skipped_before:
+        if bad and checks_overflow and self.engine.skipped_steps == skipped_before:
             raise RuntimeError("DeepSpeed applied an update with non-finite gradients; "
                                "keep bf16.check_grad_overflow true in the DeepSpeed config")
         sums = dist.all_reduce_sum(sums)
@@ -315,7 +322,7 @@ class GRPORecipe:
         mask_BC = micro.completion_mask_BC
         logp_BC, entropy_BC = completion_logprobs(
             self.engine, self.lm_head, micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC,
-            self.cfg.rollout.temperature, self.cfg.train.logprob_backend, with_entropy=first_iteration)
+            mask_BC, self.cfg.rollout.temperature, self.cfg.train.logprob_backend, with_entropy=first_iteration)
         old_BC = batch.old_logp_nC[rows] if batch.old_logp_nC is not None else logp_BC.detach()
         adv_B1 = batch.advantages_n[rows, None].to(logp_BC.dtype)
         per_token_BC = algos.clipped_policy_loss(logp_BC, old_BC, adv_B1, g.eps_low, g.eps_high, g.dual_clip)
