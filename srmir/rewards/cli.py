@@ -5,7 +5,7 @@
 (default ``rewards.dir``, else ``runs/rm``), and writes its K×K matrix on the test split to
 ``DIR/eval.json`` and ``DIR/eval.png``. Launched distributed (``torchrun --nproc_per_node N -m srmir
 rm train ...`` or ``deepspeed``), each RM trains as a DeepSpeed engine over the N ranks. On a
-shared CPU machine set ``OMP_NUM_THREADS=1`` (see docs/benchmarks_rewards.md).
+shared CPU machine set ``OMP_NUM_THREADS=1`` (see docs/benchmarks.md).
 
 ``rm eval --rm DIR --data FILE [--json OUT] [--png OUT]`` prints the pairwise-accuracy matrix of
 a saved bank on a CoD file (validated against the bank's own taxonomy).
