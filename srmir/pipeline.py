@@ -95,7 +95,13 @@ def run_pipeline(cfg: Config, out: Path) -> dict:
                 rewards=dataclasses.replace(cfg.rewards, dir=str(rm_dir)),
                 train=dataclasses.replace(cfg.train, output_dir=str(grpo_dir), resume="auto"),
             )
-            policy_dir = Path(train(grpo_cfg))
+            from .errors import UserError
+            from .trainer.recipe import Stopped
+
+            try:
+                policy_dir = Path(train(grpo_cfg))
+            except Stopped as e:  # SIGTERM: the checkpoint is written; a rerun continues from it
+                raise UserError(f"{e}; rerun the same pipeline command to continue") from None
 
     with _stage("evaluation", times):
         from .eval.cli import eval_kwargs

@@ -45,40 +45,51 @@ def register(subparsers) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    categories = args.categories.split(",") if args.categories else None
+    train_from_config(cfg, args.out, categories, categories_flag=bool(args.categories))
+    return 0
+
+
+def train_from_config(cfg, out=None, categories=None, categories_flag: bool = False):
+    """Train the bank the config describes (``srmir rm train`` and the pipeline); returns it.
+
+    Writes the bank to ``out`` (default ``rewards.dir`` or runs/rm) and, when the split has a test
+    part, the K×K held-out accuracy to ``out/eval.json`` and ``out/eval.png``.
+    """
     from ..data import load_records, shipped, stratified_split
     from ..taxonomy import load_taxonomy
     from .evaluate import evaluate_bank, format_matrix, plot_heatmap
     from .train import dist_info, train_bank
 
-    cfg = load_config(args.config, args.overrides)
     rw, d = cfg.rewards, cfg.data
     taxonomy = load_taxonomy(d.taxonomy)
-    categories = args.categories.split(",") if args.categories else rw.categories
+    categories = categories or rw.categories
     for c in categories or []:
         if c not in taxonomy:
             raise UserError(f"unknown category {c!r}; known: {', '.join(taxonomy.slugs)}",
-                            where="--categories" if args.categories else "rewards.categories")
+                            where="--categories" if categories_flag else "rewards.categories")
     records = load_records(d.train_file or shipped("cod"), taxonomy)
     train, val, test = stratified_split(records, d.val_fraction, d.test_fraction, d.seed)
-    out = Path(args.out or rw.dir or "runs/rm")
+    out = Path(out or rw.dir or "runs/rm")
     rank, _ = dist_info()
     log = print if rank == 0 else (lambda *_: None)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     bank = train_bank(
         train, val, taxonomy, rw.backbone, out, categories, test_records=test, pooling=rw.pooling,
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
         normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
-    log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s "
-        f"({time.process_time() - c0:.0f} s of CPU time in this process)")
+    log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s")
     if test and rank == 0:
         result = evaluate_bank(bank, test)
         result["split"] = "test"
         print(format_matrix(result))
         write_json_atomic(out / "eval.json", result)
         plot_heatmap(result, out / "eval.png")
-    return 0
+    return bank
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
