@@ -181,7 +181,46 @@ def trl_worker(args) -> None:
 
 
 def srmir_worker(args) -> None:
-    from srmir_bench_worker import run  # noqa: F401  (filled in below when the trainer exists)
+    """The same workload through srmir's GRPORecipe, one ``step`` per request from the parent."""
+    from srmir.config import load_config
+    from srmir.io import write_jsonl_atomic
+    from srmir.rewards import ShadowRewardBank
+    from srmir.taxonomy import load_taxonomy
+    from srmir.trainer.recipe import GRPORecipe
+
+    work = Path(args.workdir) / "srmir"
+    prompts = work / "prompts.jsonl"
+    write_jsonl_atomic(prompts, [{"id": f"p{i}", "category": c, "prompt": p}
+                                 for i, (p, c) in enumerate(zip(PROMPTS, CATEGORIES))])
+    cfg = load_config(None, [
+        f"model.policy={args.policy}", "model.dtype=bf16", f"data.prompts_file={prompts}",
+        f"grpo.group_size={args.group_size}", "grpo.beta=0.04", "grpo.loss_agg=seq_mean_token_mean",
+        "rollout.prompts_per_step=4", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
+        "rewards.strategy=linear", f"train.micro_batch_size={4 * args.group_size}", "train.lr=1e-6",
+        f"train.steps={args.steps + 1}", f"train.output_dir={work / 'run'}", "train.zero_stage=2",
+    ])
+    slugs = load_taxonomy().slugs
+    categories = [slugs[k % len(slugs)] for k in range(args.k)] if args.k <= len(slugs) else None
+    if categories is None:
+        raise SystemExit(f"--k must be at most {len(slugs)} (one RM per taxonomy category)")
+    bank = ShadowRewardBank.from_backbone(args.rm_backbone, categories, max_length=256).to(dtype=torch_bf16())
+    recipe = GRPORecipe(cfg, reward_fn=bank)
+    recipe.setup()
+    emit({"ready": True, "rss_peak_mb": rss_peak_mb()})
+    step = 0
+    while wait_for_parent():
+        m = recipe.step(step)
+        step += 1
+        split = {k: m.get(f"time/{k}", 0.0) for k in ("generate", "score", "logprobs", "update")}
+        split["other"] = m["time/step"] - sum(split.values())
+        emit({"step_s": m["time/step"], "split": split, "rss_peak_mb": rss_peak_mb(),
+              "tokens": m.get("completion/tokens", 0)})
+
+
+def torch_bf16():
+    import torch
+
+    return torch.bfloat16
 
 
 # ------------------------------------------------------------------------------- parent side
