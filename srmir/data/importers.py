@@ -125,8 +125,11 @@ def shipped_mapping(fmt: str) -> Path:
 # ------------------------------------------------------------------------------------- rows
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
-    """(line, row) of a JSONL, JSON (list, or object of lists) or CSV file."""
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line, row) of a JSONL, JSON (list, or object of lists) or CSV file; line is 0 inside JSON documents.
+
+    Shared by the importers and ``srmir.eval`` so every prompt file is parsed in one place.
+    """
     if not path.is_file():
         raise UserError("no such file", where=str(path))
     try:
@@ -203,7 +206,7 @@ def import_prompts(path: str | Path, fmt: str = "auto", mapping: str | Path | Ca
     label_fields = {"do_not_answer": ["types_of_harm", "risk_area"], "safety_prompts": ["type"]}.get(fmt, [cols["category"]])
     out: list[dict] = []
     seen_ids: set[str] = set()
-    for index, (line, row) in enumerate(_rows(path)):
+    for index, (line, row) in enumerate(read_rows(path)):
         report.rows += 1
         where = _where(path, line, index)
         if not isinstance(row, dict):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import data
-from ..data.importers import _rows
+from ..data.importers import read_rows
 from ..errors import UserError
 from ..models import resolve_model
 from ..taxonomy import Taxonomy
@@ -65,20 +65,15 @@ def _first_row(path: Path, text: str) -> tuple[int, set[str]]:
     if path.suffix.lower() == ".csv":
         header = next(csv.reader(text.splitlines()), [])
         return 1, set(header)
-    if path.suffix.lower() == ".json":  # a JSON list of objects
-        rows = _rows(path)
-        first = next(((line, row) for line, row in rows if isinstance(row, dict)), None)
-        return (first[0] or 1, set(first[1])) if first else (1, set())
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"invalid JSON: {e.msg}", where=f"{path}:{lineno}") from None
-            if not isinstance(obj, dict):
-                raise UserError("expected a JSON object", where=f"{path}:{lineno}")
-            return lineno, set(obj)
-    return 1, set()
+    rows = read_rows(path)
+    if path.suffix.lower() == ".json":  # a JSON list: the first object names the fields
+        rows = [(line, row) for line, row in rows if isinstance(row, dict)]
+    if not rows:
+        return 1, set()
+    line, row = rows[0]
+    if not isinstance(row, dict):
+        raise UserError("expected a JSON object", where=f"{path}:{line or 1}")
+    return line or 1, set(row)
 
 
 def check_columns(path: str | Path, columns: dict[str, str], required: tuple[str, ...], known: tuple[str, ...],
@@ -180,7 +175,7 @@ def load_benign_set(path: str | Path | None = None, *,
 def _map_benign_rows(path: Path, columns: dict[str, str]) -> list[dict]:
     cols = {name: columns.get(name, name) for name in BENIGN_FIELDS}
     recs, seen = [], set()
-    for index, (line, row) in enumerate(_rows(path)):
+    for index, (line, row) in enumerate(read_rows(path)):
         where = f"{path}:{line}" if line else f"{path}: item {index}"
         if not isinstance(row, dict):
             raise UserError("expected an object with a prompt", where=where)
