@@ -18,7 +18,6 @@ benign ``{"id", "prompt", "sensitive", "reference"?}``, templates ``{"name", "te
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import re
