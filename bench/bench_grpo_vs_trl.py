@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,6 +124,7 @@ def trl_worker(args) -> None:
         beta=0.04, loss_type="grpo", learning_rate=1e-6, bf16=True, use_cpu=True, max_steps=n_steps,
         logging_steps=1, report_to="none", save_strategy="no", seed=0, reward_weights=[1.0 / args.k] * args.k,
         disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
+        gradient_checkpointing=args.grad_ckpt,  # TRL's default is True; srmir's is False: set both alike
     )
     trainer = GRPOTrainer(model=policy, reward_funcs=rms, args=config, train_dataset=data,
                           processing_class=tok, reward_processing_classes=rm_toks)
@@ -180,12 +183,42 @@ def trl_worker(args) -> None:
     wait_for_parent()
 
 
-def srmir_worker(args) -> None:
-    """The same workload through srmir's GRPORecipe, one ``step`` per request from the parent."""
+def shadow_bank(rm_backbone: str, k: int, tuned_layers: int = 2):
+    """A bank shaped like a trained one: K copies of the backbone whose top ``tuned_layers`` layers
+    (and heads) differ per category — seeded noise stands in for training — so the bank runs the
+    shared lower layers once and K different top layers, as after ``srmir rm train``."""
+    import copy
+
+    import torch
+
+    from srmir.rewards import ShadowRewardBank
+    from srmir.rewards.model import RewardModel, load_backbone
+    from srmir.taxonomy import load_taxonomy
+
+    slugs = load_taxonomy().slugs
+    if k > len(slugs):
+        raise SystemExit(f"--k must be at most {len(slugs)} (one RM per taxonomy category)")
+    backbone, tokenizer = load_backbone(rm_backbone)
+    n_layers = backbone.config.num_hidden_layers
+    models = []
+    for i in range(k):
+        torch.manual_seed(100 + i)
+        model = RewardModel(copy.deepcopy(backbone), "auto")
+        with torch.no_grad():
+            for name, p in model.backbone.named_parameters():
+                layer = re.search(r"layer\.(\d+)\.", name)
+                if layer and int(layer.group(1)) >= n_layers - tuned_layers:
+                    p.add_(torch.randn_like(p), alpha=1e-3)
+        models.append(model)
+    bank = ShadowRewardBank.from_models(models, tokenizer, slugs[:k], backbone=rm_backbone, max_length=256,
+                                        frozen_layers=n_layers - tuned_layers)
+    return bank.to(dtype=torch.bfloat16)
+
+
+def srmir_recipe(args, extra: tuple = ()):
+    """The issue's workload as a GRPORecipe, set up (``extra``: more config overrides)."""
     from srmir.config import load_config
     from srmir.io import write_jsonl_atomic
-    from srmir.rewards import ShadowRewardBank
-    from srmir.taxonomy import load_taxonomy
     from srmir.trainer.recipe import GRPORecipe
 
     work = Path(args.workdir) / "srmir"
@@ -196,16 +229,20 @@ def srmir_worker(args) -> None:
         f"model.policy={args.policy}", "model.dtype=bf16", f"data.prompts_file={prompts}",
         f"grpo.group_size={args.group_size}", "grpo.beta=0.04", "grpo.loss_agg=seq_mean_token_mean",
         "rollout.prompts_per_step=4", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
-        "rewards.strategy=linear", f"train.micro_batch_size={4 * args.group_size}", "train.lr=1e-6",
-        f"train.steps={args.steps + 1}", f"train.output_dir={work / 'run'}", "train.zero_stage=2",
+        "rewards.strategy=linear", f"train.micro_batch_size={args.micro_batch or 4 * args.group_size}",
+        "train.lr=1e-6", f"train.steps={args.steps + 1}", f"train.output_dir={work / 'run'}", "train.zero_stage=2",
+        f"model.gradient_checkpointing={str(args.grad_ckpt).lower()}", *extra,
     ])
-    slugs = load_taxonomy().slugs
-    categories = [slugs[k % len(slugs)] for k in range(args.k)] if args.k <= len(slugs) else None
-    if categories is None:
-        raise SystemExit(f"--k must be at most {len(slugs)} (one RM per taxonomy category)")
-    bank = ShadowRewardBank.from_backbone(args.rm_backbone, categories, max_length=256).to(dtype=torch_bf16())
-    recipe = GRPORecipe(cfg, reward_fn=bank)
+    if (work / "run").exists():
+        shutil.rmtree(work / "run")
+    recipe = GRPORecipe(cfg, reward_fn=shadow_bank(args.rm_backbone, args.k))
     recipe.setup()
+    return recipe
+
+
+def srmir_worker(args) -> None:
+    """The same workload through srmir's GRPORecipe, one ``step`` per request from the parent."""
+    recipe = srmir_recipe(args)
     emit({"ready": True, "rss_peak_mb": rss_peak_mb()})
     step = 0
     while wait_for_parent():
@@ -215,12 +252,6 @@ def srmir_worker(args) -> None:
         split["other"] = m["time/step"] - sum(split.values())
         emit({"step_s": m["time/step"], "split": split, "rss_peak_mb": rss_peak_mb(),
               "tokens": m.get("completion/tokens", 0)})
-
-
-def torch_bf16():
-    import torch
-
-    return torch.bfloat16
 
 
 # ------------------------------------------------------------------------------- parent side
@@ -277,6 +308,9 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--tiny", action="store_true", help="tiny random policy with SmolLM2's vocabulary")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing on both sides (TRL's default)")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="srmir's micro-batch (default: the whole 4×G batch in one, as TRL runs it)")
     p.add_argument("--only", choices=["srmir", "trl"], help="run one side only")
     p.add_argument("--policy", default=None)
     p.add_argument("--rm-backbone", default=None)
@@ -299,7 +333,8 @@ def main() -> None:
         policy = tiny_policy_dir(policy, workdir / "tiny_policy")
     common = ["--steps", str(args.steps), "--k", str(args.k), "--group-size", str(args.group_size),
               "--max-new-tokens", str(args.max_new_tokens), "--policy", policy,
-              "--rm-backbone", resolve_model(MINILM), "--workdir", str(workdir)]
+              "--rm-backbone", resolve_model(MINILM), "--workdir", str(workdir),
+              "--micro-batch", str(args.micro_batch)] + (["--grad-ckpt"] if args.grad_ckpt else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     sides = [args.only] if args.only else ["srmir", "trl"]
     workers = {}
@@ -319,7 +354,8 @@ def main() -> None:
             w.close()
     summary = {side: summarize(rs) for side, rs in results.items()}
     summary["workload"] = {"k": args.k, "group_size": args.group_size, "prompts": 4,
-                           "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "steps": args.steps}
+                           "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "steps": args.steps,
+                           "grad_ckpt": args.grad_ckpt, "srmir_micro_batch": args.micro_batch or 4 * args.group_size}
     print_table(summary, sides)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -329,6 +365,7 @@ def print_table(summary: dict, sides: list[str]) -> None:
     w = summary["workload"]
     print(f"\nGRPO step, {'tiny random policy' if w['tiny'] else 'SmolLM2-135M-Instruct'} bf16, "
           f"{w['prompts']}×G={w['group_size']}, {w['max_new_tokens']} new tokens, K={w['k']}, "
+          f"gradient checkpointing {'on' if w['grad_ckpt'] else 'off'}, srmir micro-batch {w['srmir_micro_batch']}, "
           f"median of {w['steps']} steps")
     print(f"{'':8s} {'step s':>8s} {'min':>6s} {'max':>6s} {'gen':>6s} {'score':>6s} {'logp':>6s} "
           f"{'update':>7s} {'RSS MB':>8s} {'tok/s':>7s}")

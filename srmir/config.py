@@ -190,6 +190,11 @@ class TrainConfig:
     """``auto`` resumes from the latest checkpoint in output_dir; a path resumes from it."""
     logprob_backend: Literal["auto", "torch", "triton"] = "auto"
     """Backend of the fused log-prob kernels."""
+    share_prompt: bool = True
+    """Log-prob passes run each group's prompt once, its completions packed behind it with a 4-D
+    attention mask (SDPA/eager attention; FlashAttention-2 takes one row per sequence)."""
+    pack_max_len: int = 1024
+    """Longest packed row (prompt + completions) when share_prompt is on."""
     max_bad_steps: int = 3
     """Consecutive non-finite steps (skipped) after which training aborts."""
 
@@ -386,6 +391,7 @@ def validate(cfg: Config) -> None:
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
     _check(r.temperature > 0, "rollout.temperature", "must be > 0")
+    _check(cfg.train.pack_max_len >= 1, "train.pack_max_len", "must be >= 1")
     _check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     _check(r.top_k >= 0, "rollout.top_k", "must be >= 0")
     _check(t.steps >= 1, "train.steps", "must be >= 1")

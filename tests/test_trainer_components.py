@@ -10,9 +10,10 @@ import torch
 
 from srmir.errors import UserError
 from srmir.trainer import build, checkpoint, ds_config
-from srmir.trainer.logprobs import completion_logprobs, position_ids
+from srmir.trainer.logprobs import completion_logprobs, logprob_inputs, position_ids, shared_prompt_inputs, standard_inputs
 from srmir.trainer.metrics import MetricsLogger, plot_rewards, read_metrics
-from srmir.trainer.rollout import completion_mask, format_prompts, generate, tokenize_prompts
+from srmir.trainer.rollout import (completion_mask, format_prompts, generate, prompt_runs, sample_completions,
+                                   sample_tokens, tokenize_prompts)
 
 from test_trainer_common import ROOT, make_policy
 
@@ -123,8 +124,8 @@ def test_fused_head_logprobs_and_gradients_equal_the_full_logits_path(tmp_path):
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])  # padding after EOS
     mask[:, 7:] = completion_mask
     weights = torch.linspace(-1, 2, 4) * completion_mask
-    logp, ent = completion_logprobs(fused, fused.lm_head, ids, mask, completion, completion_mask, 0.7, "torch",
-                                    with_entropy=True)
+    inputs = standard_inputs(ids[:, :7], mask[:, :7], completion, completion_mask)
+    logp, ent = completion_logprobs(fused, fused.lm_head, inputs, 0.7, "torch", with_entropy=True)
     ref = plain_logprobs(plain, ids, mask, completion, 0.7)
     torch.testing.assert_close(logp, ref * completion_mask, atol=1e-5, rtol=1e-5)  # 0 where masked
     (logp * weights).sum().backward()
@@ -135,6 +136,117 @@ def test_fused_head_logprobs_and_gradients_equal_the_full_logits_path(tmp_path):
     assert ent.shape == (3, 4) and (ent[completion_mask.bool()] > 0).all() and (ent[~completion_mask.bool()] == 0).all()
     assert ent.grad_fn is None
     assert "forward" not in vars(fused.lm_head)  # the head is restored afterwards
+
+
+def grouped_batch(vocab: int, c: int = 5):
+    """Rows of 3 prompts of different lengths (left-padded to P = 6) in runs of 3, 2 and 1
+    (a partial group, as at a rank or micro-batch boundary), completions ending at different
+    lengths (padding after EOS)."""
+    torch.manual_seed(3)
+    prompts = [torch.randint(6, vocab, (n,)) for n in (6, 4, 2)]
+    runs = [3, 2, 1]
+    prompt_ids = torch.zeros(6, 6, dtype=torch.long)
+    prompt_mask = torch.zeros(6, 6, dtype=torch.long)
+    row = 0
+    for p, n in zip(prompts, runs):
+        for _ in range(n):
+            prompt_ids[row, 6 - len(p):] = p
+            prompt_mask[row, 6 - len(p):] = 1
+            row += 1
+    completion = torch.randint(6, vocab, (6, c))
+    lengths = torch.tensor([5, 2, 4, 1, 5, 3])
+    cmask = (torch.arange(c)[None] < lengths[:, None]).long()
+    return prompt_ids, prompt_mask, completion * cmask, cmask
+
+
+@pytest.mark.parametrize("attn,max_len", [("sdpa", 64), ("eager", 64), ("sdpa", 16)])  # 16: packs of 2
+def test_shared_prompt_layout_equals_one_row_per_sequence(tmp_path, attn, max_len):
+    """Packing a group's completions behind one copy of its prompt changes nothing: the same
+    log-probs and entropies (float64) and gradients (to the fused head's fp32 accumulation) as
+    one row per sequence."""
+    from transformers import AutoModelForCausalLM
+
+    folder = make_policy(tmp_path)
+    # reference: one row per sequence through SDPA (HF's eager path turns float64 left-padding into NaN)
+    models = [AutoModelForCausalLM.from_pretrained(folder, attn_implementation=a).double() for a in (attn, "sdpa")]
+    vocab = models[0].config.vocab_size
+    prompt_ids, prompt_mask, completion, cmask = grouped_batch(vocab)
+    packed = shared_prompt_inputs(prompt_ids, prompt_mask, completion, cmask, max_len=max_len, pad_id=0,
+                                  mask_dtype=torch.float64 if attn == "eager" else None)
+    assert packed is not None and packed.packed
+    packs = packed.model_kwargs["input_ids"].shape[0]
+    assert packs == (3 if max_len == 64 else 4)  # runs 3,2,1 (cut into 2+1,2,1 at max_len 16)
+    standard = standard_inputs(prompt_ids, prompt_mask, completion, cmask)
+    weights = torch.linspace(-1, 2, 5, dtype=torch.float64) * cmask
+    results = []
+    for model, inputs in zip(models, (packed, standard)):
+        logp, ent = completion_logprobs(model, model.lm_head, inputs, 0.7, "torch", with_entropy=True)
+        (logp * weights).sum().backward()
+        results.append((logp, ent))
+    tol = 1e-10 if attn == "sdpa" else 1e-6  # HF's eager attention takes its softmax in fp32
+    torch.testing.assert_close(results[0][0], results[1][0], atol=tol, rtol=tol)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=tol, rtol=tol)
+    assert (results[0][0][~cmask.bool()] == 0).all()
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):  # the head's backward is fp32
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_shared_prompt_layout_falls_back_when_it_saves_nothing():
+    prompt_ids, prompt_mask, completion, cmask = grouped_batch(50)
+    distinct = prompt_ids.clone()
+    distinct[:, -1] = torch.arange(6) + 6  # every row its own prompt
+    assert shared_prompt_inputs(distinct, prompt_mask, completion, cmask, max_len=64, pad_id=0) is None
+    assert shared_prompt_inputs(prompt_ids, prompt_mask, completion, cmask, max_len=12, pad_id=0) is None  # 1 per pack
+    kw = dict(attn_implementation="flash_attention_2", max_len=64, pad_id=0, dtype=torch.bfloat16)
+    assert not logprob_inputs(prompt_ids, prompt_mask, completion, cmask, share_prompt=True, **kw).packed
+    kw["attn_implementation"] = "sdpa"
+    assert not logprob_inputs(prompt_ids, prompt_mask, completion, cmask, share_prompt=False, **kw).packed
+    assert logprob_inputs(prompt_ids, prompt_mask, completion, cmask, share_prompt=True, **kw).packed
+
+
+def test_sample_tokens_follows_the_filtered_distribution():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0]).log_softmax(-1)  # probabilities ∝ e^x
+    n = 40000
+    rows = logits.expand(n, 5)
+
+    def freq(**kw):
+        return torch.bincount(sample_tokens(rows, **kw), minlength=5).double() / n
+
+    full = torch.softmax(logits.double() / 0.8, -1)
+    torch.testing.assert_close(freq(temperature=0.8), full, atol=0.01, rtol=0)
+    top2 = torch.softmax(logits[:2].double(), -1)
+    torch.testing.assert_close(freq(temperature=1.0, top_k=2), torch.cat([top2, torch.zeros(3, dtype=torch.float64)]),
+                               atol=0.01, rtol=0)
+    # p = e^x / Σ: 0.57, 0.21, 0.13, 0.08, 0.03 — top_p 0.7 keeps the first two (0.57 < 0.7 ≤ 0.78)
+    torch.testing.assert_close(freq(temperature=1.0, top_p=0.7), torch.cat([top2, torch.zeros(3, dtype=torch.float64)]),
+                               atol=0.01, rtol=0)
+    assert sample_tokens(torch.tensor([[0.0, 3.0, 1.0]]), temperature=0).tolist() == [1]
+    assert sample_tokens(torch.tensor([[0.0, -float("inf"), 5.0]]), temperature=1.0, top_p=0.5).tolist() == [2]
+
+
+def test_prompt_runs_group_consecutive_prompts():
+    assert prompt_runs(["a", "a", "b", "a", "a"]) == (["a", "b", "a"], [2, 1, 2])
+
+
+def test_greedy_decoding_with_shared_prefill_equals_hf_generate(tmp_path):
+    """Prefilling each prompt once and repeating its KV cache decodes exactly what HF's generate
+    decodes from one row per sequence (greedy, so there is no randomness to differ in)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder = make_policy(tmp_path)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    texts, counts = prompt_runs(format_prompts(tok, ["tell me", "tell me", "why is my home address private"]))
+    ids_UP, mask_UP = tokenize_prompts(tok, texts, 32, "cpu")
+    repeats = torch.tensor(counts)
+    ours = sample_completions(model, ids_UP, mask_UP, repeats, max_new_tokens=6, temperature=0.0, top_p=1.0, top_k=0,
+                              eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    ids_BP, mask_BP = ids_UP.repeat_interleave(repeats, 0), mask_UP.repeat_interleave(repeats, 0)
+    hf = model.generate(input_ids=ids_BP, attention_mask=mask_BP, generation_config=GenerationConfig(
+        do_sample=False, max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    hf = hf[:, ids_BP.shape[1]:]
+    assert ours.shape[0] == 3 and ours.shape[1] <= hf.shape[1]
+    assert torch.equal(ours, hf[:, :ours.shape[1]])
 
 
 # ------------------------------------------------------------------------- lr, prompts

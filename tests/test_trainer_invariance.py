@@ -29,12 +29,13 @@ N, P, C = 8, 4, 6
 
 
 def global_batch(vocab: int) -> dict:
-    """The same 8 sequences on every rank (seeded), uneven prompt and completion lengths."""
+    """The same 8 sequences on every rank (seeded): 2 groups of 4 sharing a prompt (of different
+    lengths), uneven completion lengths. Micro-batches of 8 and 2 pack each group's completions
+    behind one copy of its prompt; micro-batches of 1 cannot — the splits compare both layouts."""
     g = torch.Generator().manual_seed(123)
-    prompt_ids = torch.randint(6, vocab, (N, P), generator=g)
+    prompt_ids = torch.randint(6, vocab, (2, P), generator=g).repeat_interleave(4, dim=0)
     prompt_mask = torch.ones(N, P, dtype=torch.long)
-    for b, pad in enumerate([0, 1, 2, 0, 3, 0, 1, 0]):
-        prompt_mask[b, :pad] = 0
+    prompt_mask[4:, :2] = 0
     completion_ids = torch.randint(6, vocab, (N, C), generator=g)
     lengths = torch.tensor([6, 1, 3, 6, 2, 5, 4, 6])
     completion_mask = (torch.arange(C)[None] < lengths[:, None]).long()
@@ -62,7 +63,10 @@ def split_gradients(files: dict, out: Path, stage: int, micro: int, ds_json: str
     rows = slice(dist.rank() * recipe.n_local, (dist.rank() + 1) * recipe.n_local)
     rollout = batch["rollout"].select(rows)
     num_tokens = float(batch["rollout"].completion_mask_BC.sum())
-    step_batch = StepBatch(rollout, batch["advantages"][rows], batch["old"][rows], batch["ref"][rows], num_tokens, N)
+    inputs = [recipe._logprob_inputs(rollout.select(r)) for r in recipe._micro_batches()]
+    assert all(i.packed for i in inputs) == (micro > 1)
+    step_batch = StepBatch(rollout, inputs, batch["advantages"][rows], batch["old"][rows], batch["ref"][rows],
+                           num_tokens, N)
 
     captured, real_step = {}, engine.step
 

@@ -76,7 +76,7 @@ def test_zero3_partitions_and_fused_head_gradients_match_plain_model(files, tmp_
     from deepspeed.utils import safe_get_full_grad
     from transformers import AutoModelForCausalLM
 
-    from srmir.trainer.logprobs import completion_logprobs
+    from srmir.trainer.logprobs import completion_logprobs, standard_inputs
     from test_trainer_components import plain_logprobs
 
     cfg = tiny_config(files, tmp_path / "out", train__deepspeed=zero3_json(tmp_path), grpo__beta=0.0,
@@ -91,8 +91,8 @@ def test_zero3_partitions_and_fused_head_gradients_match_plain_model(files, tmp_
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     completion = ids[:, 5:]
-    logp, _ = completion_logprobs(engine, recipe.lm_head, ids, mask, completion, torch.ones_like(completion), 1.0,
-                                  "torch")
+    inputs = standard_inputs(ids[:, :5], mask[:, :5], completion, torch.ones_like(completion))
+    logp, _ = completion_logprobs(engine, recipe.lm_head, inputs, 1.0, "torch")
     engine.backward(logp.sum() * 0.5, scale_wrt_gas=False)
     expected = plain_logprobs(plain, ids, mask, completion, 1.0)
     (expected.sum() * 0.5).backward()

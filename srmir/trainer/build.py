@@ -127,7 +127,7 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)  # one kernel for all tensors (CPU and CUDA)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine

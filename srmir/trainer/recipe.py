@@ -38,7 +38,7 @@ from ..models import resolve_model
 from ..taxonomy import load_taxonomy
 from . import build, checkpoint, dist
 from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
-from .logprobs import completion_logprobs
+from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs
 from .metrics import MetricsLogger, plot_rewards
 from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
 from .sampler import BalancedPromptSampler
@@ -57,6 +57,7 @@ class StepBatch:
     """This rank's rows of one step, with the step-global normalisers."""
 
     rollout: Rollout
+    inputs: list[LogprobInputs]  # one per micro-batch, shared by the reference, old and live passes
     advantages_n: torch.Tensor  # [n]
     old_logp_nC: Optional[torch.Tensor]  # μ > 1 only
     ref_logp_nC: Optional[torch.Tensor]  # β > 0 only
@@ -227,10 +228,11 @@ class GRPORecipe:
             return self._skip(step, metrics, "a non-finite reward")
 
         with timer("logprobs"):
-            old_logp, ref_logp = self._frozen_logprobs(rollout)
+            inputs = [self._logprob_inputs(rollout.select(rows)) for rows in self._micro_batches()]
+            old_logp, ref_logp = self._frozen_logprobs(inputs)
         num_tokens = dist.all_reduce_sum(rollout.completion_mask_BC.sum().float()).item()
         mine_adv = advantages_N[self.rank * self.n_local:(self.rank + 1) * self.n_local]
-        batch = StepBatch(rollout, mine_adv, old_logp, ref_logp, num_tokens, self.n_global)
+        batch = StepBatch(rollout, inputs, mine_adv, old_logp, ref_logp, num_tokens, self.n_global)
         with timer("update"):
             ok, update_metrics = self._update(batch)
         metrics.update(update_metrics)
@@ -260,15 +262,20 @@ class GRPORecipe:
         rewards_N = algos.combine_rewards(scores_NK, rw.strategy, weights, columns_N)
         return rewards_N, algos.group_advantages(rewards_N, self.group_size, scale=g.adv_scale)
 
+    def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
+        t = self.cfg.train
+        return logprob_inputs(micro.prompt_ids_BP, micro.prompt_mask_BP, micro.completion_ids_BC,
+                              micro.completion_mask_BC, share_prompt=t.share_prompt,
+                              attn_implementation=self.engine.module.config._attn_implementation,
+                              max_len=t.pack_max_len, pad_id=self.pad_id, dtype=build.DTYPES[self.cfg.model.dtype])
+
     @torch.no_grad()
-    def _frozen_logprobs(self, rollout: Rollout) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _frozen_logprobs(self, inputs: list[LogprobInputs]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Old-policy log-probs (only when μ > 1: with μ = 1 they equal the live ones, detached) and
         reference log-probs (only when β > 0), micro-batch by micro-batch, completion tokens only."""
         need_old, old, ref = self.cfg.grpo.num_iterations > 1, [], []
-        for rows in self._micro_batches():
-            micro = rollout.select(rows)
-            args = (micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC, micro.completion_mask_BC,
-                    self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
+        for micro in inputs:
+            args = (micro, self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
             if need_old:
                 old.append(completion_logprobs(self.engine, self.lm_head, *args)[0])
             if self.ref is not None:
@@ -318,11 +325,10 @@ class GRPORecipe:
 
     def _micro_loss(self, batch: StepBatch, rows: slice, first_iteration: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """This micro-batch's share of the full-batch loss, and its metric sums."""
-        g, micro = self.cfg.grpo, batch.rollout.select(rows)
+        g, micro = self.cfg.grpo, batch.inputs[rows.start // self.cfg.train.micro_batch_size]
         mask_BC = micro.completion_mask_BC
-        logp_BC, entropy_BC = completion_logprobs(
-            self.engine, self.lm_head, micro.input_ids_BT, micro.attention_mask_BT, micro.completion_ids_BC,
-            mask_BC, self.cfg.rollout.temperature, self.cfg.train.logprob_backend, with_entropy=first_iteration)
+        logp_BC, entropy_BC = completion_logprobs(self.engine, self.lm_head, micro, self.cfg.rollout.temperature,
+                                                  self.cfg.train.logprob_backend, with_entropy=first_iteration)
         old_BC = batch.old_logp_nC[rows] if batch.old_logp_nC is not None else logp_BC.detach()
         adv_B1 = batch.advantages_n[rows, None].to(logp_BC.dtype)
         per_token_BC = algos.clipped_policy_loss(logp_BC, old_BC, adv_B1, g.eps_low, g.eps_high, g.dual_clip)

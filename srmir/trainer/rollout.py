@@ -6,7 +6,7 @@ Layout of one rollout batch (B sequences on this rank)::
                      └ prompt_ids_BP ┘ └ completion_ids_BC ┘
     prompts are left-padded to a common P, so every completion starts at column P;
     completion_mask_BC is 1 up to and including the first EOS (the EOS is an action the policy
-    took and gets credit for it) and 0 on the padding generate() writes after it; a completion
+    took and gets credit for it) and 0 on the padding written after it; a completion
     that never emits EOS within max_new_tokens is ``truncated``.
 
 Under ZeRO-3 each rank holds 1/world of every weight. Generating through the engine would
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import GenerationConfig
 
 
 @dataclass
@@ -112,6 +111,82 @@ def gathered_for_generation(engine, zero_stage: int):
         yield engine.module
 
 
+def sample_tokens(logits_BV: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), after top-k and nucleus (top-p)
+    filtering; ``temperature`` 0 is greedy.
+
+    Sampling is by inverse CDF — one uniform number per row and a binary search in the row's
+    cumulative probabilities — instead of ``torch.multinomial``, which draws an exponential
+    variate for every vocabulary entry (on CPU a third of a decode step at a 49k vocabulary).
+    """
+    if temperature == 0:
+        return logits_BV.argmax(dim=-1)
+    logits_BV = logits_BV.float() / temperature
+    if top_k > 0 and top_k < logits_BV.shape[-1]:
+        kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    probs_BV = torch.softmax(logits_BV, dim=-1)
+    if top_p < 1.0:
+        sorted_BV, order_BV = torch.sort(probs_BV, dim=-1, descending=True)
+        # drop a token when the tokens more probable than it already cover top_p (the first always stays)
+        drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
+        probs_BV = probs_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
+    cdf_BV = probs_BV.cumsum(dim=-1)
+    u_B1 = torch.rand((cdf_BV.shape[0], 1), device=cdf_BV.device) * cdf_BV[:, -1:]
+    return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1).clamp_(max=cdf_BV.shape[-1] - 1)
+
+
+def prompt_runs(prompt_texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Consecutive identical prompts as (texts, run lengths): a GRPO group is one run."""
+    texts: list[str] = []
+    counts: list[int] = []
+    for text in prompt_texts:
+        if texts and text == texts[-1]:
+            counts[-1] += 1
+        else:
+            texts.append(text)
+            counts.append(1)
+    return texts, counts
+
+
+@torch.no_grad()
+def sample_completions(model, prompt_ids_UP: torch.Tensor, prompt_mask_UP: torch.Tensor, repeats_U: torch.Tensor, *,
+                       max_new_tokens: int, temperature: float, top_p: float, top_k: int, eos_ids: Sequence[int],
+                       pad_id: int) -> torch.Tensor:
+    """``[B, C]`` sampled completion ids, B = Σ repeats, row-major by prompt (padded after EOS).
+
+    Each distinct prompt is prefilled *once*; its KV cache is then repeated for its rows (a GRPO
+    group shares one prompt: G× less prefill). Decoding stops as soon as every row has emitted an
+    EOS, so C is the longest completion, at most ``max_new_tokens``.
+    """
+    device = prompt_ids_UP.device
+    pos_UP = (prompt_mask_UP.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids_UP, attention_mask=prompt_mask_UP, position_ids=pos_UP, use_cache=True,
+                logits_to_keep=1)
+    rows_B = torch.repeat_interleave(torch.arange(len(repeats_U), device=device), repeats_U.to(device))
+    cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"  # renamed in transformers 5.x
+    cache = getattr(out, cache_kw)
+    cache.reorder_cache(rows_B)  # each prompt's keys/values repeated for its rows
+    logits_BV = out.logits[rows_B, -1]
+    mask_BT = prompt_mask_UP[rows_B]
+    next_pos_B1 = pos_UP[rows_B, -1:] + 1
+    eos_E = torch.as_tensor(list(eos_ids), device=device)
+    done_B = torch.zeros(len(rows_B), dtype=torch.bool, device=device)
+    tokens = []
+    for t in range(max_new_tokens):
+        token_B = torch.where(done_B, pad_id, sample_tokens(logits_BV, temperature, top_p, top_k))
+        tokens.append(token_B)
+        done_B = done_B | torch.isin(token_B, eos_E)
+        if t == max_new_tokens - 1 or bool(done_B.all()):
+            break
+        mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1)
+        out = model(input_ids=token_B[:, None], attention_mask=mask_BT, position_ids=next_pos_B1,
+                    use_cache=True, **{cache_kw: cache})
+        logits_BV = out.logits[:, -1]
+        next_pos_B1 = next_pos_B1 + 1
+    return torch.stack(tokens, dim=1)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -126,25 +201,27 @@ def generate(
     eos_ids: Sequence[int],
     pad_id: int,
 ) -> Rollout:
-    """Sample one completion per entry of ``prompt_texts`` (already chat-formatted).
+    """Sample one completion per entry of ``prompt_texts`` (already chat-formatted; a group's rows
+    consecutive, so that its prompt is tokenized and prefilled once).
 
-    ``model`` is a plain HF causal LM (see :func:`gathered_for_generation`). Sampling settings are
-    passed as a fresh GenerationConfig so nothing from the model's own generation_config (a
-    repetition penalty, a default top_k=50) silently changes the distribution being optimised.
+    ``model`` is a plain HF causal LM (see :func:`gathered_for_generation`). The sampling settings
+    are exactly the ones given: nothing from the model's own generation_config (a repetition
+    penalty, a default top_k=50) silently changes the distribution being optimised.
     """
     device = next(model.parameters()).device
-    prompt_ids_BP, prompt_mask_BP = tokenize_prompts(tokenizer, prompt_texts, max_prompt_length, device)
-    gen_config = GenerationConfig(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-        eos_token_id=list(eos_ids), pad_token_id=pad_id, use_cache=True,
-    )
+    texts, counts = prompt_runs(prompt_texts)
+    prompt_ids_UP, prompt_mask_UP = tokenize_prompts(tokenizer, texts, max_prompt_length, device)
+    repeats_U = torch.tensor(counts, device=device)
     was_training = model.training
     model.eval()  # use the KV cache even with gradient checkpointing on
     try:
-        out_BT = model.generate(input_ids=prompt_ids_BP, attention_mask=prompt_mask_BP, generation_config=gen_config)
+        completion_ids_BC = sample_completions(
+            model, prompt_ids_UP, prompt_mask_UP, repeats_U, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, top_k=top_k, eos_ids=eos_ids, pad_id=pad_id)
     finally:
         model.train(was_training)
-    completion_ids_BC = out_BT[:, prompt_ids_BP.shape[1]:]
+    prompt_ids_BP = prompt_ids_UP.repeat_interleave(repeats_U, dim=0)
+    prompt_mask_BP = prompt_mask_UP.repeat_interleave(repeats_U, dim=0)
     mask_BC, truncated_B = completion_mask(completion_ids_BC, eos_ids)
     completion_ids_BC = torch.where(mask_BC.bool(), completion_ids_BC, torch.full_like(completion_ids_BC, pad_id))
     lengths_B = mask_BC.sum(dim=1).tolist()
