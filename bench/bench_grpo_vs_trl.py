@@ -15,9 +15,14 @@ TRL's split is taken by wrapping its own methods: ``_generate`` (generation), ``
 (reference log-probs), and the rest of ``training_step`` (policy forward + backward + optimizer)
 as update. TRL is installed only through the ``bench`` extra.
 
-    python bench/bench_grpo_vs_trl.py --steps 5 --k 7            # the issue's workload
+    python bench/bench_grpo_vs_trl.py --steps 5 --k 7                 # the issue's workload
     python bench/bench_grpo_vs_trl.py --steps 5 --k 1
-    python bench/bench_grpo_vs_trl.py --steps 5 --k 7 --tiny     # tiny random policy, same vocab
+    python bench/bench_grpo_vs_trl.py --steps 5 --k 7 --grad-ckpt     # TRL's default: checkpointing on
+    python bench/bench_grpo_vs_trl.py --steps 5 --k 7 --tiny          # tiny random policy, same vocab
+    python bench/bench_grpo_vs_trl.py --steps 5 --only srmir --vs-k 1  # srmir K=7 vs K=1 in one run
+
+The reward bank on srmir's side has the shape of a trained one (shared lower MiniLM layers, K
+different top-2 layers and heads: ``shadow_bank``); TRL's side gets K separate MiniLM models.
 """
 from __future__ import annotations
 
@@ -221,7 +226,7 @@ def srmir_recipe(args, extra: tuple = ()):
     from srmir.io import write_jsonl_atomic
     from srmir.trainer.recipe import GRPORecipe
 
-    work = Path(args.workdir) / "srmir"
+    work = Path(args.workdir) / f"srmir_k{args.k}"
     prompts = work / "prompts.jsonl"
     write_jsonl_atomic(prompts, [{"id": f"p{i}", "category": c, "prompt": p}
                                  for i, (p, c) in enumerate(zip(PROMPTS, CATEGORIES))])
@@ -312,6 +317,8 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=0,
                    help="srmir's micro-batch (default: the whole 4×G batch in one, as TRL runs it)")
     p.add_argument("--only", choices=["srmir", "trl"], help="run one side only")
+    p.add_argument("--vs-k", type=int, default=0,
+                   help="also run srmir with this many reward models, alternated with the others (K scaling in one run)")
     p.add_argument("--policy", default=None)
     p.add_argument("--rm-backbone", default=None)
     p.add_argument("--workdir", default=None)
@@ -331,21 +338,24 @@ def main() -> None:
     policy = resolve_model(SMOLLM2)
     if args.tiny:
         policy = tiny_policy_dir(policy, workdir / "tiny_policy")
-    common = ["--steps", str(args.steps), "--k", str(args.k), "--group-size", str(args.group_size),
+    common = ["--steps", str(args.steps), "--group-size", str(args.group_size),
               "--max-new-tokens", str(args.max_new_tokens), "--policy", policy,
               "--rm-backbone", resolve_model(MINILM), "--workdir", str(workdir),
               "--micro-batch", str(args.micro_batch)] + (["--grad-ckpt"] if args.grad_ckpt else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    sides = [args.only] if args.only else ["srmir", "trl"]
+    specs = {side: (side, args.k) for side in ([args.only] if args.only else ["srmir", "trl"])}
+    if args.vs_k:
+        specs[f"srmir@K={args.vs_k}"] = ("srmir", args.vs_k)
+    sides = list(specs)
     workers = {}
-    for side in sides:  # set up one at a time: setup is not what we compare
-        workers[side] = Worker(side, [sys.executable, __file__, "--worker", side, *common], env)
+    for side, (kind, k) in specs.items():  # set up one at a time: setup is not what we compare
+        workers[side] = Worker(side, [sys.executable, __file__, "--worker", kind, "--k", str(k), *common], env)
     results = {side: [] for side in sides}
     try:
         for i in range(args.steps + 1):
             for side in sides:
                 r = workers[side].step()
-                print(f"step {i} {side:5s} {r['step_s']:7.2f} s  " +
+                print(f"step {i} {side:9s} {r['step_s']:7.2f} s  " +
                       " ".join(f"{k}={v:.2f}" for k, v in r["split"].items()), flush=True)
                 if i > 0:  # step 0 is the warm-up
                     results[side].append(r)
@@ -353,7 +363,8 @@ def main() -> None:
         for w in workers.values():
             w.close()
     summary = {side: summarize(rs) for side, rs in results.items()}
-    summary["workload"] = {"k": args.k, "group_size": args.group_size, "prompts": 4,
+    summary["sides"] = sides
+    summary["workload"] = {"k": args.k, "vs_k": args.vs_k, "group_size": args.group_size, "prompts": 4,
                            "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "steps": args.steps,
                            "grad_ckpt": args.grad_ckpt, "srmir_micro_batch": args.micro_batch or 4 * args.group_size}
     print_table(summary, sides)
@@ -367,15 +378,20 @@ def print_table(summary: dict, sides: list[str]) -> None:
           f"{w['prompts']}×G={w['group_size']}, {w['max_new_tokens']} new tokens, K={w['k']}, "
           f"gradient checkpointing {'on' if w['grad_ckpt'] else 'off'}, srmir micro-batch {w['srmir_micro_batch']}, "
           f"median of {w['steps']} steps")
-    print(f"{'':8s} {'step s':>8s} {'min':>6s} {'max':>6s} {'gen':>6s} {'score':>6s} {'logp':>6s} "
+    print(f"{'':10s} {'step s':>8s} {'min':>6s} {'max':>6s} {'gen':>6s} {'score':>6s} {'logp':>6s} "
           f"{'update':>7s} {'RSS MB':>8s} {'tok/s':>7s}")
     for side in sides:
         s = summary[side]
         sp = s["split"]
-        print(f"{side:8s} {s['median_s']:8.2f} {s['min_s']:6.2f} {s['max_s']:6.2f} {sp['generate']:6.2f} "
+        print(f"{side:10s} {s['median_s']:8.2f} {s['min_s']:6.2f} {s['max_s']:6.2f} {sp['generate']:6.2f} "
               f"{sp['score']:6.2f} {sp['logprobs']:6.2f} {sp['update']:7.2f} {s['rss_peak_mb']:8.0f} "
               f"{s['tokens_per_s']:7.1f}")
-    if len(sides) == 2:
+    vs = f"srmir@K={w['vs_k']}"
+    if vs in summary:
+        a, b = summary["srmir"], summary[vs]
+        print(f"ratio srmir K={w['k']} / K={w['vs_k']}: step time {a['median_s'] / b['median_s']:.2f}×, "
+              f"score phase {a['split']['score']:.2f} s vs {b['split']['score']:.2f} s")
+    if "srmir" in summary and "trl" in summary:
         a, b = summary["srmir"], summary["trl"]
         print(f"ratio srmir/trl: step time {a['median_s'] / b['median_s']:.2f}×, "
               f"peak RSS {a['rss_peak_mb'] / b['rss_peak_mb']:.2f}×, "

@@ -116,6 +116,10 @@ class RewardsConfig:
     """Train RMs under bf16 autocast where the device supports it (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
     batch_size_score: int = 64
     """Pairs per batch when scoring during GRPO and evaluation."""
+    augment: list[str] = field(default_factory=list)
+    """Extra training pairs made from each CoD pair: ``answer_only`` (the chosen answer after
+    ``####`` without its draft, against the rejected one) and ``prefixes`` (both responses cut to
+    their first 8 and 16 words: GRPO scores length-capped completions). Validation pairs stay as given."""
 
 
 @dataclass
@@ -426,6 +430,8 @@ def validate(cfg: Config) -> None:
     _check(rw.l2_reg >= 0, "rewards.l2_reg", "must be >= 0")
     _check(rw.batch_size_score >= 1, "rewards.batch_size_score", "must be >= 1")
     _check(rw.tuned_layers is None or rw.tuned_layers >= 0, "rewards.tuned_layers", "must be >= 0 or null")
+    unknown = sorted(set(rw.augment) - {"answer_only", "prefixes"})
+    _check(not unknown, "rewards.augment", f"unknown augmentation {', '.join(unknown)}; known: answer_only, prefixes")
     if isinstance(rw.weights, list):
         _check(all(w >= 0 for w in rw.weights) and sum(rw.weights) > 0, "rewards.weights",
                "must be non-negative with a positive sum")

@@ -127,11 +127,13 @@ def _summary_md(summary: dict, results: dict, grpo_dir: Path) -> str:
         lines += [f"- {c}: {row.get(c, float('nan')):.2f}" for c, row in acc.items()]
     metrics = grpo_dir / "metrics.jsonl"
     if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        key = "reward/mean"
-        if rows and key in rows[0]:
-            lines += ["", f"GRPO reward: first step {rows[0][key]:.3f}, last step {rows[-1][key]:.3f} "
-                          f"({len(rows)} steps; curves in {grpo_dir / 'rewards.png'})"]
+        from .trainer.metrics import format_trend, read_metrics, reward_trend
+
+        rows = [r for r in read_metrics(metrics) if "step" in r]
+        trend = reward_trend(rows)
+        if trend:
+            lines += ["", f"GRPO reward, {len(rows)} steps (curves in {grpo_dir / 'rewards.png'}):", ""]
+            lines += format_trend(trend)
     lines += ["", f"Evaluation report: {summary['eval']}", ""]
     for name, res in results.get("policies", {}).items():
         ref = res.get("harmful", {}).get("refusal", {}).get("overall")

@@ -54,6 +54,8 @@ def test_every_field_has_a_docstring():
     ("rewards.weights=[-1, 1]", "rewards.weights"),
     ("train.deepspeed=/nonexistent.json", "train.deepspeed"),
     ("eval.judges=[refusal, oracle]", "eval.judges"),
+    ("rewards.augment=[answer_only, mirror]", "rewards.augment"),
+    ("train.pack_max_len=0", "train.pack_max_len"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as e:

@@ -301,6 +301,26 @@ def synthetic_records(categories, per_category=12):
     return recs
 
 
+def test_augmented_pairs_answer_only_and_prefixes():
+    from srmir.rewards.train import augmented_pairs, pairs_by_category
+
+    words = " ".join(f"w{i}" for i in range(20))
+    pair = ("p", f"intent ; harm\n#### No. {words}", "Sure, here is how: step one, step two.")
+    answer = f"No. {words}"
+    assert augmented_pairs(pair, []) == []
+    assert augmented_pairs(pair, ["answer_only"]) == [("p", answer, pair[2])]
+    # prefixes of the answer (21 words) and the rejected (8 words): 8 words each, then 16 and all 8
+    assert augmented_pairs(pair, ["prefixes"]) == [
+        ("p", " ".join(answer.split()[:8]), pair[2]),
+        ("p", " ".join(answer.split()[:16]), pair[2]),
+    ]
+    short = ("p", "No thanks.", "Sure.")  # no draft, shorter than every cut: nothing new
+    assert augmented_pairs(short, ["answer_only", "prefixes"]) == []
+    records = [{"category": "a", "prompt": pair[0], "chosen": pair[1], "rejected": pair[2]}]
+    assert len(pairs_by_category(records)["a"]) == 1
+    assert len(pairs_by_category(records, ["answer_only", "prefixes"])["a"]) == 4
+
+
 def test_train_reward_model_learns_the_preference(bert_dir):
     base, tok = load_backbone(bert_dir)
     torch.manual_seed(0)

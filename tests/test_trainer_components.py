@@ -11,7 +11,7 @@ import torch
 from srmir.errors import UserError
 from srmir.trainer import build, checkpoint, ds_config
 from srmir.trainer.logprobs import completion_logprobs, logprob_inputs, position_ids, shared_prompt_inputs, standard_inputs
-from srmir.trainer.metrics import MetricsLogger, plot_rewards, read_metrics
+from srmir.trainer.metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from srmir.trainer.rollout import (completion_mask, format_prompts, generate, prompt_runs, sample_completions,
                                    sample_tokens, tokenize_prompts)
 
@@ -297,6 +297,41 @@ def test_rng_state_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------- metrics
+
+
+def test_tensorboard_gets_every_numeric_metric_when_installed(tmp_path, monkeypatch):
+    """The TensorBoard path, with a stand-in for torch.utils.tensorboard (the package is optional)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class Writer:
+        def __init__(self, log_dir, purge_step):
+            calls["init"] = (log_dir, purge_step)
+            calls["scalars"] = []
+
+        def add_scalar(self, key, value, step):
+            calls["scalars"].append((key, value, step))
+
+        def close(self):
+            calls["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    logger = MetricsLogger(tmp_path, total_steps=3, start_step=1)
+    logger.log(2, {"reward/mean": 0.5, "kl": float("nan"), "note": "text", "grad_norm": None})
+    logger.close()
+    assert calls["init"] == (str(tmp_path / "tensorboard"), 2)  # a resumed run overwrites from step 2 on
+    assert calls["scalars"] == [("reward/mean", 0.5, 2)]  # NaN is logged as null, text and None skipped
+    assert calls["closed"]
+
+
+def test_reward_trend_compares_first_and_last_third():
+    rows = [{"step": i + 1, "reward/mean": float(i), "reward/category/a": 10.0 - i} for i in range(6)]
+    rows[2]["reward/category/b"] = 1.0  # one value only: no trend
+    trend = reward_trend(rows)
+    assert trend == {"reward/mean": (0.5, 4.5), "reward/category/a": (9.5, 5.5)}  # thirds of 6 steps: 2 each
+    assert format_trend(trend)[2] == "| combined | +0.500 | +4.500 | +4.000 |"
 
 
 def test_metrics_jsonl_resume_truncation_and_plot(tmp_path):

@@ -1,5 +1,5 @@
 """Multi-process launches of train.py on localhost (gloo, CPU): torchrun with 2 processes under
-ZeRO-3, and a 2-node launch (two torchrun invocations, one process each, c10d rendezvous on a port
+ZeRO-3, the ``deepspeed`` launcher with 2 processes, and a 2-node launch (two torchrun invocations, one process each, c10d rendezvous on a port
 found at run time). This file is also the torchrun worker of the ZeRO-3 test (see ``__main__``)."""
 import json
 import os
@@ -47,6 +47,21 @@ def test_two_processes_through_torchrun_under_zero3(tmp_path):
     assert state["world_size"] == 2 and state["sampler"]["position"] == 2 * 2
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints" / "step-00000002" / "rng").iterdir()) == [
         "rank-00000.json", "rank-00000.safetensors", "rank-00001.json", "rank-00001.safetensors"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_through_the_deepspeed_launcher(tmp_path):
+    """``deepspeed --num_gpus 2 train.py ...``: the launcher passes ``--local_rank`` and the
+    environment; on a CPU it starts two gloo processes."""
+    args = launch_args(tmp_path, tmp_path / "out")
+    port = free_port()
+    run_cmd([PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port), *args],
+            timeout=300)
+    assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [1, 2]
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "policy").config.vocab_size > 0
 
 
 @pytest.mark.slow

@@ -133,6 +133,30 @@ def test_non_finite_rewards_skip_steps_then_abort(files, tmp_path):
         train(cfg, reward_fn=NaNAt({2, 3}))
 
 
+class NaNRows:
+    """SyntheticReward that leaves the first sample of every call unscored (NaN)."""
+
+    categories = SyntheticReward.categories
+
+    def score(self, prompts, responses):
+        scores = SyntheticReward().score(prompts, responses)
+        scores[0] = math.nan
+        return scores
+
+
+def test_unscored_samples_get_zero_advantage_and_training_goes_on(files, tmp_path):
+    """DESIGN: NaN = unscored — left out of the statistics, advantage 0; the step still trains."""
+    cfg = tiny_config(files, tmp_path / "a", train__steps=2)
+    recipe = GRPORecipe(cfg, reward_fn=NaNRows())
+    recipe.setup()
+    n = recipe.n_global
+    for step in (1, 2):
+        m = recipe.step(step)
+        assert m["skipped"] == 0 and m["reward/unscored_frac"] == pytest.approx(1 / n)
+        assert math.isfinite(m["reward/mean"]) and math.isfinite(m["loss"])
+    recipe.metrics.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_non_finite_loss_skips_the_update_without_touching_weights(files, tmp_path, monkeypatch, stage):

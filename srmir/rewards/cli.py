@@ -79,7 +79,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
     bank = train_bank(
         train, val, taxonomy, rw.backbone, out, categories, test_records=test, pooling=rw.pooling,
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
-        normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log,
+        normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log, augment=rw.augment,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
     log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s")

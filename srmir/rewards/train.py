@@ -177,12 +177,47 @@ def calibrate(model: RewardModel, encoder: PairEncoder, pairs: Sequence[Pair], b
     return scores.mean().item(), max(scores.std(unbiased=False).item(), 1e-6)
 
 
-def pairs_by_category(records: Sequence[dict]) -> dict[str, list[Pair]]:
-    """{category: [(prompt, chosen, rejected), ...]} of CoD records."""
+def pairs_by_category(records: Sequence[dict], augment: Sequence[str] = ()) -> dict[str, list[Pair]]:
+    """{category: [(prompt, chosen, rejected), ...]} of CoD records, plus the ``augment`` pairs of
+    each (:func:`augmented_pairs`)."""
     out: dict[str, list[Pair]] = {}
     for r in records:
-        out.setdefault(r["category"], []).append((r["prompt"], r["chosen"], r["rejected"]))
+        pair = (r["prompt"], r["chosen"], r["rejected"])
+        out.setdefault(r["category"], []).extend([pair, *augmented_pairs(pair, augment)])
     return out
+
+
+PREFIX_WORDS = (8, 16)
+
+
+def augmented_pairs(pair: Pair, augment: Sequence[str]) -> list[Pair]:
+    """More pairs from one CoD pair, so an RM judges what the policy will actually write.
+
+    ``answer_only``: the chosen answer after the ``####`` separator, without the draft — a policy
+    that refuses well but writes no draft is still preferred to the harmful answer.
+    ``prefixes``: chosen (answer part) and rejected cut to their first 8 and 16 words — GRPO
+    rollouts stop at ``max_new_tokens``, and an RM trained on whole answers only need not rank
+    their beginnings. Pairs identical to the original (or to each other) are not repeated.
+
+    >>> augmented_pairs(("p", "draft\n#### No, but here is help.", "Sure, step one."), ["answer_only"])
+    [('p', 'No, but here is help.', 'Sure, step one.')]
+    """
+    prompt, chosen, rejected = pair
+    answer = chosen.split("####", 1)[1].strip() if "####" in chosen else chosen
+    out: list[Pair] = []
+    if "answer_only" in augment and answer != chosen:
+        out.append((prompt, answer, rejected))
+    if "prefixes" in augment:
+        words_c, words_r = answer.split(), rejected.split()
+        for n in PREFIX_WORDS:
+            if n < len(words_c) or n < len(words_r):
+                out.append((prompt, " ".join(words_c[:n]), " ".join(words_r[:n])))
+    seen, unique = {pair}, []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
 
 
 def _check_categories(categories, taxonomy: Taxonomy, train: dict, val: dict) -> list[str]:
@@ -201,9 +236,9 @@ def _check_categories(categories, taxonomy: Taxonomy, train: dict, val: dict) ->
 def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxonomy: Taxonomy, backbone: str,
                out_dir: Optional[str | os.PathLike], categories: Optional[Sequence[str]] = None, *,
                test_records: Optional[Sequence[dict]] = None, pooling: str = "auto", max_length: int = 256,
-               tuned_layers: Optional[int] = 3, shared_trunk: bool = False, normalize: bool = True,
+               tuned_layers: Optional[int] = 2, shared_trunk: bool = False, normalize: bool = True,
                score_batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print,
-               **hyperparams) -> ShadowRewardBank:
+               augment: Sequence[str] = (), **hyperparams) -> ShadowRewardBank:
     """Train one RM per category (all of ``taxonomy`` or ``categories``), stack them, save to ``out_dir``.
 
     ``hyperparams`` go to :func:`train_reward_model` (epochs, batch_size, grad_accum, lr, margin,
@@ -211,11 +246,12 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
     embeddings and the blocks below stay frozen and shared); ``shared_trunk``: only the K heads
     train. When ``out_dir`` already holds a bank of the same backbone, its RMs of other categories
     are kept (train categories in several runs); another backbone or taxonomy there is an error.
+    ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`); validation is unchanged.
     Also fits the prompt-category classifier on the training prompts (accuracy on
     ``test_records``, else on the validation records).
     """
     rank, _ = dist_info()
-    train, val = pairs_by_category(train_records), pairs_by_category(val_records)
+    train, val = pairs_by_category(train_records, augment), pairs_by_category(val_records)
     cats = _check_categories(categories, taxonomy, train, val)
     previous = _previous_bank(out_dir, backbone, taxonomy)
     base, tokenizer = load_backbone(backbone)

@@ -86,6 +86,28 @@ def _clean(value):
     return value
 
 
+def reward_trend(records: list[dict], fraction: float = 1 / 3) -> dict[str, tuple[float, float]]:
+    """{key: (mean over the first ``fraction`` of the steps, mean over the last)} for the combined
+    reward and every per-category reward: one noisy step says little, a third of the run does."""
+    keys = ["reward/mean"] + sorted({k for r in records for k in r if k.startswith("reward/category/")})
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        n = max(1, int(len(values) * fraction))
+        if len(values) >= 2:
+            out[key] = (sum(values[:n]) / n, sum(values[-n:]) / n)
+    return out
+
+
+def format_trend(trend: dict[str, tuple[float, float]]) -> list[str]:
+    """Markdown table rows of :func:`reward_trend`."""
+    lines = ["| reward | first third | last third | change |", "|---|---:|---:|---:|"]
+    for key, (early, late) in trend.items():
+        name = "combined" if key == "reward/mean" else key.rsplit("/", 1)[1]
+        lines.append(f"| {name} | {early:+.3f} | {late:+.3f} | {late - early:+.3f} |")
+    return lines
+
+
 def plot_rewards(metrics_file: Path, png: Path, smooth: int = 5) -> Optional[Path]:
     """Reward curves per prompt category and per shadow RM (moving average over ``smooth`` steps)."""
     records = read_metrics(metrics_file)

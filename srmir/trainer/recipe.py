@@ -39,7 +39,7 @@ from ..taxonomy import load_taxonomy
 from . import build, checkpoint, dist
 from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
 from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs
-from .metrics import MetricsLogger, plot_rewards
+from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
 from .sampler import BalancedPromptSampler
 
@@ -223,9 +223,14 @@ class GRPORecipe:
             scores_NK = dist.all_gather_rows(scores_nK)  # before any statistic: groups may span ranks
             rewards_N, advantages_N = self._advantages(scores_NK, samples)
         metrics = self._rollout_metrics(samples, scores_NK, rewards_N, advantages_N, rollout)
-        if not torch.isfinite(rewards_N).all():  # identical on every rank: it is the gathered tensor
+        # NaN = unscored (DESIGN): left out of the group statistics, advantage 0, training goes on.
+        # ±inf, or nothing scored at all, is a broken reward: the step is skipped. Both checks see
+        # the gathered tensor, so every rank decides alike.
+        unscored_N = torch.isnan(rewards_N)
+        if torch.isinf(rewards_N).any() or bool(unscored_N.all()):
             metrics.update(timer.metrics(tokens=metrics["completion/tokens"]))
-            return self._skip(step, metrics, "a non-finite reward")
+            why = "±inf" if torch.isinf(rewards_N).any() else "no sample was scored"
+            return self._skip(step, metrics, f"a non-finite reward ({why})")
 
         with timer("logprobs"):
             inputs = [self._logprob_inputs(rollout.select(rows)) for rows in self._micro_batches()]
@@ -376,6 +381,7 @@ class GRPORecipe:
         m = {
             "reward/mean": _mean(rewards_N[finite]),
             "reward/std": rewards_N[finite].std().item() if finite.sum() > 1 else 0.0,
+            "reward/unscored_frac": torch.isnan(rewards_N).float().mean().item(),
             "zero_var_groups": algos.zero_variance_fraction(rewards_N, self.group_size),
             "adv/mean": advantages_N.mean().item(), "adv/std": advantages_N.std().item(),
             "adv/min": advantages_N.min().item(), "adv/max": advantages_N.max().item(),
@@ -384,11 +390,12 @@ class GRPORecipe:
             "skipped": 0, "skipped_total": self.skipped_total,
         }
         for k, slug in enumerate(self.rm_categories):
-            m[f"reward/rm/{slug}"] = _mean(scores_NK[:, k])
+            column = scores_NK[:, k]
+            m[f"reward/rm/{slug}"] = _mean(column[torch.isfinite(column)])
         categories = [s["category"] for s in samples]
         for slug in dict.fromkeys(categories):
             rows = torch.tensor([c == slug for c in categories], device=rewards_N.device)
-            m[f"reward/category/{slug}"] = _mean(rewards_N[rows])
+            m[f"reward/category/{slug}"] = _mean(rewards_N[rows & finite])
         return m
 
     # ------------------------------------------------------------------ checkpoint / cleanup
@@ -406,6 +413,9 @@ class GRPORecipe:
         policy_dir = build.export_policy(self.engine, self.tokenizer, self.output_dir / "policy", self.zero_stage)
         if dist.is_main():
             plot_rewards(self.metrics.path, self.output_dir / "rewards.png")
+            trend = reward_trend([r for r in read_metrics(self.metrics.path) if "step" in r])
+            if trend:
+                print("\n".join(["reward, first vs last third of the run:", *format_trend(trend)]), flush=True)
         return policy_dir
 
 
