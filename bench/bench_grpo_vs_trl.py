@@ -20,6 +20,7 @@ as update. TRL is installed only through the ``bench`` extra.
     python bench/bench_grpo_vs_trl.py --steps 5 --k 7 --grad-ckpt     # TRL's default: checkpointing on
     python bench/bench_grpo_vs_trl.py --steps 5 --k 7 --tiny          # tiny random policy, same vocab
     python bench/bench_grpo_vs_trl.py --steps 5 --only srmir --vs-k 1  # srmir K=7 vs K=1 in one run
+    python bench/bench_grpo_vs_trl.py --steps 3 --shape qwen2.5-0.5b  # CUDA: a real model's shape, random weights
 
 The reward bank on srmir's side has the shape of a trained one (shared lower MiniLM layers, K
 different top-2 layers and heads: ``shadow_bank``); TRL's side gets K separate MiniLM models.
@@ -83,23 +84,42 @@ class Timers:
         return out
 
 
-def tiny_policy_dir(base: str, out: Path) -> str:
-    """A tiny random Llama with SmolLM2's tokenizer and vocabulary (fixed-overhead measurement)."""
+# Random-initialised policies for runs without the embedded one: "tiny" measures fixed overheads;
+# the others copy a real model's layer dimensions (no weights can be fetched) for CUDA runs. All
+# keep SmolLM2's tokenizer and 49 152-token vocabulary, so their lm_head is smaller than the real one's.
+SHAPES = {
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6)),
+    "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                   num_attention_heads=32, num_key_value_heads=8, rope_theta=5e5)),
+}
+
+
+def random_policy_dir(base: str, out: Path, shape: str) -> str:
+    """A random-initialised causal LM of ``shape`` with SmolLM2's tokenizer, saved once to ``out``."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     if (out / "config.json").is_file():
         return str(out)
+    family, dims = SHAPES[shape]
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     tok = AutoTokenizer.from_pretrained(base)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = config_cls(vocab_size=len(tok), tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **dims)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = model_cls(cfg).to(torch.bfloat16)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def gpu_peak_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
 def trl_worker(args) -> None:
@@ -126,7 +146,8 @@ def trl_worker(args) -> None:
     config = GRPOConfig(
         output_dir=str(Path(args.workdir) / "trl"), per_device_train_batch_size=4 * args.group_size,
         num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=1.0,
-        beta=0.04, loss_type="grpo", learning_rate=1e-6, bf16=True, use_cpu=True, max_steps=n_steps,
+        beta=0.04, loss_type="grpo", learning_rate=1e-6, bf16=True, use_cpu=not torch.cuda.is_available(),
+        max_steps=n_steps,
         logging_steps=1, report_to="none", save_strategy="no", seed=0, reward_weights=[1.0 / args.k] * args.k,
         disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
         gradient_checkpointing=args.grad_ckpt,  # TRL's default is True; srmir's is False: set both alike
@@ -180,7 +201,8 @@ def trl_worker(args) -> None:
                      "logprobs": t.get("logprobs", 0.0)}
             split["update"] = step_s - prep  # policy forward + backward + optimizer step
             split["other"] = prep - split["generate"] - split["score"] - split["logprobs"]
-            emit({"step_s": step_s, "split": split, "rss_peak_mb": rss_peak_mb(), "tokens": state["tokens"]})
+            emit({"step_s": step_s, "split": split, "rss_peak_mb": rss_peak_mb(), "gpu_peak_mb": gpu_peak_mb(),
+                  "tokens": state["tokens"]})
 
     trainer.add_callback(Stepper())
     emit({"ready": True, "rss_peak_mb": rss_peak_mb()})
@@ -240,7 +262,10 @@ def srmir_recipe(args, extra: tuple = ()):
     ])
     if (work / "run").exists():
         shutil.rmtree(work / "run")
-    recipe = GRPORecipe(cfg, reward_fn=shadow_bank(args.rm_backbone, args.k))
+    import torch
+
+    bank = shadow_bank(args.rm_backbone, args.k)
+    recipe = GRPORecipe(cfg, reward_fn=bank.to(device="cuda") if torch.cuda.is_available() else bank)
     recipe.setup()
     return recipe
 
@@ -255,7 +280,7 @@ def srmir_worker(args) -> None:
         step += 1
         split = {k: m.get(f"time/{k}", 0.0) for k in ("generate", "score", "logprobs", "update")}
         split["other"] = m["time/step"] - sum(split.values())
-        emit({"step_s": m["time/step"], "split": split, "rss_peak_mb": rss_peak_mb(),
+        emit({"step_s": m["time/step"], "split": split, "rss_peak_mb": rss_peak_mb(), "gpu_peak_mb": gpu_peak_mb(),
               "tokens": m.get("completion/tokens", 0)})
 
 
@@ -301,6 +326,7 @@ def summarize(results: list[dict]) -> dict:
         "min_s": min(times), "max_s": max(times),
         "split": {k: statistics.median(r["split"][k] for r in results) for k in split_keys},
         "rss_peak_mb": max(r["rss_peak_mb"] for r in results),
+        "gpu_peak_mb": max(r.get("gpu_peak_mb", 0.0) for r in results),
         "tokens_per_s": statistics.median(r["tokens"] / r["step_s"] for r in results),
     }
 
@@ -312,7 +338,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=7, help="number of reward models")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--tiny", action="store_true", help="tiny random policy with SmolLM2's vocabulary")
+    p.add_argument("--tiny", action="store_true", help="tiny random policy with SmolLM2's vocabulary (= --shape tiny)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="a random-initialised policy of this shape instead of SmolLM2")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing on both sides (TRL's default)")
     p.add_argument("--micro-batch", type=int, default=0,
                    help="srmir's micro-batch (default: the whole 4×G batch in one, as TRL runs it)")
@@ -336,8 +363,9 @@ def main() -> None:
     workdir = Path(args.workdir or Path.cwd() / "runs" / "bench_grpo")
     workdir.mkdir(parents=True, exist_ok=True)
     policy = resolve_model(SMOLLM2)
-    if args.tiny:
-        policy = tiny_policy_dir(policy, workdir / "tiny_policy")
+    args.shape = args.shape or ("tiny" if args.tiny else None)
+    if args.shape:
+        policy = random_policy_dir(policy, workdir / f"policy_{args.shape}", args.shape)
     common = ["--steps", str(args.steps), "--group-size", str(args.group_size),
               "--max-new-tokens", str(args.max_new_tokens), "--policy", policy,
               "--rm-backbone", resolve_model(MINILM), "--workdir", str(workdir),
@@ -365,7 +393,7 @@ def main() -> None:
     summary = {side: summarize(rs) for side, rs in results.items()}
     summary["sides"] = sides
     summary["workload"] = {"k": args.k, "vs_k": args.vs_k, "group_size": args.group_size, "prompts": 4,
-                           "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "steps": args.steps,
+                           "max_new_tokens": args.max_new_tokens, "shape": args.shape, "steps": args.steps,
                            "grad_ckpt": args.grad_ckpt, "srmir_micro_batch": args.micro_batch or 4 * args.group_size}
     print_table(summary, sides)
     if args.json:
@@ -374,17 +402,19 @@ def main() -> None:
 
 def print_table(summary: dict, sides: list[str]) -> None:
     w = summary["workload"]
-    print(f"\nGRPO step, {'tiny random policy' if w['tiny'] else 'SmolLM2-135M-Instruct'} bf16, "
+    policy = f"random {w['shape']}-shaped policy" if w["shape"] else "SmolLM2-135M-Instruct"
+    print(f"\nGRPO step, {policy} bf16, "
           f"{w['prompts']}×G={w['group_size']}, {w['max_new_tokens']} new tokens, K={w['k']}, "
           f"gradient checkpointing {'on' if w['grad_ckpt'] else 'off'}, srmir micro-batch {w['srmir_micro_batch']}, "
           f"median of {w['steps']} steps")
     print(f"{'':10s} {'step s':>8s} {'min':>6s} {'max':>6s} {'gen':>6s} {'score':>6s} {'logp':>6s} "
-          f"{'update':>7s} {'RSS MB':>8s} {'tok/s':>7s}")
+          f"{'update':>7s} {'RSS MB':>8s} {'GPU MB':>8s} {'tok/s':>7s}")
     for side in sides:
         s = summary[side]
         sp = s["split"]
         print(f"{side:10s} {s['median_s']:8.2f} {s['min_s']:6.2f} {s['max_s']:6.2f} {sp['generate']:6.2f} "
               f"{sp['score']:6.2f} {sp['logprobs']:6.2f} {sp['update']:7.2f} {s['rss_peak_mb']:8.0f} "
+              f"{s['gpu_peak_mb']:8.0f} "
               f"{s['tokens_per_s']:7.1f}")
     vs = f"srmir@K={w['vs_k']}"
     if vs in summary:
@@ -395,6 +425,7 @@ def print_table(summary: dict, sides: list[str]) -> None:
         a, b = summary["srmir"], summary["trl"]
         print(f"ratio srmir/trl: step time {a['median_s'] / b['median_s']:.2f}×, "
               f"peak RSS {a['rss_peak_mb'] / b['rss_peak_mb']:.2f}×, "
+              + (f"peak GPU memory {a['gpu_peak_mb'] / b['gpu_peak_mb']:.2f}×, " if b["gpu_peak_mb"] else "") +
               f"tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}×")
 
 

@@ -34,14 +34,14 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from bench_grpo_vs_trl import srmir_recipe, tiny_policy_dir
+    from bench_grpo_vs_trl import random_policy_dir, srmir_recipe
     from srmir.models import MINILM, SMOLLM2, resolve_model
 
     args.workdir = str(Path.cwd() / "runs" / "profile_step")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     args.policy = resolve_model(SMOLLM2)
     if args.tiny:
-        args.policy = tiny_policy_dir(args.policy, Path(args.workdir) / "tiny_policy")
+        args.policy = random_policy_dir(args.policy, Path(args.workdir) / "policy_tiny", "tiny")
     args.rm_backbone, args.steps = resolve_model(MINILM), 2
     recipe = srmir_recipe(args, tuple(args.set))
 
