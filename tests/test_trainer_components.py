@@ -191,6 +191,42 @@ def test_shared_prompt_layout_equals_one_row_per_sequence(tmp_path, attn, max_le
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_a_model_that_ignores_logits_to_keep_is_an_error_not_shifted_logprobs(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(make_policy(tmp_path))
+
+    def ignoring(**kw):  # keeps every position, as some remote-code models do
+        kw["logits_to_keep"] = 0
+        return model(**kw)
+
+    prompt_ids, prompt_mask, completion, cmask = grouped_batch(model.config.vocab_size)
+    inputs = standard_inputs(prompt_ids, prompt_mask, completion, cmask)
+    with pytest.raises(RuntimeError, match="honour logits_to_keep"):
+        completion_logprobs(ignoring, model.lm_head, inputs, 1.0, "torch")
+
+
+def test_packing_only_for_attention_that_takes_a_full_4d_mask():
+    from transformers import LlamaConfig, MistralConfig
+
+    from srmir.trainer.logprobs import packing_supported
+
+    def config(cls, attn, **kw):
+        c = cls(**kw)
+        c._attn_implementation = attn
+        return c
+
+    assert packing_supported(config(LlamaConfig, "sdpa")) and packing_supported(config(LlamaConfig, "eager"))
+    assert not packing_supported(config(LlamaConfig, "flash_attention_2"))
+    assert not packing_supported(config(MistralConfig, "sdpa", sliding_window=16))  # windowed layers
+    assert packing_supported(config(MistralConfig, "sdpa", sliding_window=None))
+
+
+def test_sampling_from_nan_logits_is_an_error():
+    with pytest.raises(RuntimeError, match="non-finite logits"):
+        sample_tokens(torch.tensor([[0.0, float("nan")]]), temperature=1.0)
+
+
 def test_shared_prompt_layout_falls_back_when_it_saves_nothing():
     prompt_ids, prompt_mask, completion, cmask = grouped_batch(50)
     distinct = prompt_ids.clone()

@@ -157,6 +157,37 @@ def test_unscored_samples_get_zero_advantage_and_training_goes_on(files, tmp_pat
     recipe.metrics.close()
 
 
+class InfIn:
+    """SyntheticReward with +inf in column ``k`` of every row."""
+
+    categories = SyntheticReward.categories
+
+    def __init__(self, k):
+        self.k = k
+
+    def score(self, prompts, responses):
+        scores = SyntheticReward().score(prompts, responses)
+        scores[:, self.k] = math.inf
+        return scores
+
+
+def test_infinite_score_skips_only_when_it_enters_the_reward(files, tmp_path):
+    """An RM of weight 0 takes no part (its inf must not turn into "unscored" NaN rewards); an inf
+    in a column that counts skips the step, even where the combination would have made it NaN."""
+    cfg = tiny_config(files, tmp_path / "a", train__steps=1, rewards__strategy="linear", rewards__weights="[0, 1]")
+    recipe = GRPORecipe(cfg, reward_fn=InfIn(0))
+    recipe.setup()
+    m = recipe.step(1)
+    assert m["skipped"] == 0 and m["reward/unscored_frac"] == 0
+    recipe.metrics.close()
+    cfg = tiny_config(files, tmp_path / "b", train__steps=1, rewards__strategy="linear")
+    recipe = GRPORecipe(cfg, reward_fn=InfIn(1))
+    recipe.setup()
+    with pytest.warns(RuntimeWarning, match=r"a non-finite reward \(±inf\)"):
+        assert recipe.step(1)["skipped"] == 1
+    recipe.metrics.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_non_finite_loss_skips_the_update_without_touching_weights(files, tmp_path, monkeypatch, stage):

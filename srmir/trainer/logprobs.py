@@ -33,17 +33,22 @@ import srmir_kernels
 
 
 @contextlib.contextmanager
-def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, targets_BC: torch.Tensor, mask_BC: torch.Tensor,
-               temperature: float, backend: str, with_entropy: bool, out: dict):
+def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int, targets_BC: torch.Tensor,
+               mask_BC: torch.Tensor, temperature: float, backend: str, with_entropy: bool, out: dict):
     """Within the block, ``lm_head(hidden)`` maps the model's hidden states (any ``[..., H]``) to the
     fp32 log-probs ``[B, C]`` of ``targets_BC``: row ``index_M[i]`` of the flattened hidden states
     predicts the i-th real completion token (``mask_BC`` == 1, row-major), and only those M rows
     reach the head — prompt, padding and post-EOS positions never do. Log-probs are 0 where the
-    mask is 0; the entropy, if asked, is stored in ``out``."""
+    mask is 0; the entropy, if asked, is stored in ``out``. ``hidden_rows``: how many hidden states
+    the head must receive (a model that ignores ``logits_to_keep`` would shift every index)."""
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         keep_BC = mask_BC.bool()
-        hidden_MH = hidden.reshape(-1, hidden.shape[-1])[index_M]
+        hidden_NH = hidden.reshape(-1, hidden.shape[-1])
+        if hidden_NH.shape[0] != hidden_rows:
+            raise RuntimeError(f"the model's head received {hidden_NH.shape[0]} hidden states, expected {hidden_rows}: "
+                               "does the model honour logits_to_keep?")
+        hidden_MH = hidden_NH[index_M]
         with srmir_kernels.gathered_lm_head(lm_head) as (weight, bias):  # no-op inside the hooks
             result = srmir_kernels.fused_linear_logprobs(
                 hidden_MH, weight, targets_BC[keep_BC], temperature=temperature, bias=bias, backend=backend,
@@ -73,6 +78,7 @@ class LogprobInputs:
 
     model_kwargs: dict
     index_M: torch.Tensor
+    hidden_rows: int  # hidden states the head receives: B·(C+1) standard, U·S packed
     completion_ids_BC: torch.Tensor
     completion_mask_BC: torch.Tensor
     packed: bool
@@ -89,7 +95,8 @@ def standard_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor, c
     index_BC = torch.arange(b, device=input_ids_BT.device)[:, None] * (c + 1) + torch.arange(c, device=input_ids_BT.device)
     kwargs = dict(input_ids=input_ids_BT, attention_mask=attention_mask_BT, position_ids=position_ids(attention_mask_BT),
                   logits_to_keep=c + 1)
-    return LogprobInputs(kwargs, index_BC[completion_mask_BC.bool()], completion_ids_BC, completion_mask_BC, packed=False)
+    return LogprobInputs(kwargs, index_BC[completion_mask_BC.bool()], b * (c + 1), completion_ids_BC,
+                         completion_mask_BC, packed=False)
 
 
 def shared_prompt_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor, completion_ids_BC: torch.Tensor,
@@ -163,7 +170,19 @@ def shared_prompt_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tens
     pred_cols_BC = torch.where(torch.arange(c, device=device) == 0, p - 1, flat_cols_BC - 1)
     index_BC = pack_B[:, None] * s + pred_cols_BC
     kwargs = dict(input_ids=input_ids_US, attention_mask=mask, position_ids=position_ids_US, logits_to_keep=0)
-    return LogprobInputs(kwargs, index_BC[completion_mask_BC.bool()], completion_ids_BC, completion_mask_BC, packed=True)
+    return LogprobInputs(kwargs, index_BC[completion_mask_BC.bool()], u * s, completion_ids_BC, completion_mask_BC,
+                         packed=True)
+
+
+def packing_supported(model_config) -> bool:
+    """Whether the shared-prompt layout computes what one row per sequence computes for this model:
+    its attention must take a custom 4-D mask (SDPA, eager; not FlashAttention-2) and must not be
+    windowed — a sliding-window layer given a ready 4-D mask would attend past its window."""
+    if getattr(model_config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    layer_types = getattr(model_config, "layer_types", None) or []
+    windowed = getattr(model_config, "sliding_window", None) and getattr(model_config, "use_sliding_window", True)
+    return not windowed and not any("sliding" in str(t) for t in layer_types)
 
 
 def logprob_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor, completion_ids_BC: torch.Tensor,
@@ -195,8 +214,8 @@ def completion_logprobs(
     the head module inside it. Differentiable when called with grad enabled; entropy never is.
     """
     out: dict = {}
-    with fused_head(lm_head, inputs.index_M, inputs.completion_ids_BC, inputs.completion_mask_BC, temperature,
-                    backend, with_entropy, out):
+    with fused_head(lm_head, inputs.index_M, inputs.hidden_rows, inputs.completion_ids_BC, inputs.completion_mask_BC,
+                    temperature, backend, with_entropy, out):
         result = model(**inputs.model_kwargs, use_cache=False)
     logp_BC = result.logits
     if logp_BC.shape != inputs.completion_ids_BC.shape:

@@ -38,7 +38,7 @@ from ..models import resolve_model
 from ..taxonomy import load_taxonomy
 from . import build, checkpoint, dist
 from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
-from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs
+from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, packing_supported
 from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
 from .sampler import BalancedPromptSampler
@@ -227,9 +227,10 @@ class GRPORecipe:
         # ±inf, or nothing scored at all, is a broken reward: the step is skipped. Both checks see
         # the gathered tensor, so every rank decides alike.
         unscored_N = torch.isnan(rewards_N)
-        if torch.isinf(rewards_N).any() or bool(unscored_N.all()):
+        infinite = bool(torch.isinf(self._scores_in_use(scores_NK, samples)).any())
+        if infinite or bool(unscored_N.all()):
             metrics.update(timer.metrics(tokens=metrics["completion/tokens"]))
-            why = "±inf" if torch.isinf(rewards_N).any() else "no sample was scored"
+            why = "±inf" if infinite else "no sample was scored"
             return self._skip(step, metrics, f"a non-finite reward ({why})")
 
         with timer("logprobs"):
@@ -263,15 +264,32 @@ class GRPORecipe:
         columns_N = None
         if rw.strategy == "categorized":
             columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
-        weights = None if self.reward_w is None else self.reward_w.to(self.device)
+        weights = None
+        if self.reward_w is not None:  # an RM of weight 0 takes no part: its NaN or inf must not spread
+            used_K = self.reward_w != 0
+            scores_NK, weights = scores_NK[:, used_K.to(scores_NK.device)], self.reward_w[used_K].to(self.device)
         rewards_N = algos.combine_rewards(scores_NK, rw.strategy, weights, columns_N)
         return rewards_N, algos.group_advantages(rewards_N, self.group_size, scale=g.adv_scale)
 
+    def _scores_in_use(self, scores_NK: torch.Tensor, samples: list[dict]) -> torch.Tensor:
+        """The raw scores that enter the combined reward (an inf there would turn into NaN when
+        combined and pass for "unscored"): nonzero-weight columns, or each prompt's own column."""
+        if self.cfg.rewards.strategy == "categorized":
+            columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
+            return scores_NK.gather(1, columns_N[:, None])
+        if self.reward_w is None:
+            return scores_NK
+        return scores_NK[:, (self.reward_w != 0).to(scores_NK.device)]
+
     def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
+        """This micro-batch's model inputs, shared by the reference, old and live passes: packed
+        behind shared prompts when every model that sees them supports it."""
         t = self.cfg.train
+        models = [self.engine.module] + ([_unwrap(self.ref)] if self.ref is not None else [])
+        attn = {m.config._attn_implementation for m in models}
+        share = t.share_prompt and len(attn) == 1 and all(packing_supported(m.config) for m in models)
         return logprob_inputs(micro.prompt_ids_BP, micro.prompt_mask_BP, micro.completion_ids_BC,
-                              micro.completion_mask_BC, share_prompt=t.share_prompt,
-                              attn_implementation=self.engine.module.config._attn_implementation,
+                              micro.completion_mask_BC, share_prompt=share, attn_implementation=attn.pop(),
                               max_len=t.pack_max_len, pad_id=self.pad_id, dtype=build.DTYPES[self.cfg.model.dtype])
 
     @torch.no_grad()
@@ -466,6 +484,11 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _unwrap(model):
+    """The HF model inside a DeepSpeed engine (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def _mean(x: torch.Tensor) -> Optional[float]:

@@ -18,6 +18,7 @@ instead gathers every parameter once per rollout (DeepSpeed's
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -132,6 +133,8 @@ def sample_tokens(logits_BV: torch.Tensor, temperature: float, top_p: float = 1.
         drop_BV = (sorted_BV.cumsum(dim=-1) - sorted_BV) >= top_p
         probs_BV = probs_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop_BV, 0.0))
     cdf_BV = probs_BV.cumsum(dim=-1)
+    if not bool(torch.isfinite(cdf_BV[:, -1]).all()):  # a binary search in NaNs would pick the last token
+        raise RuntimeError("non-finite logits while sampling: the policy's weights have diverged")
     u_B1 = torch.rand((cdf_BV.shape[0], 1), device=cdf_BV.device) * cdf_BV[:, -1:]
     return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1).clamp_(max=cdf_BV.shape[-1] - 1)
 
@@ -164,8 +167,9 @@ def sample_completions(model, prompt_ids_UP: torch.Tensor, prompt_mask_UP: torch
     out = model(input_ids=prompt_ids_UP, attention_mask=prompt_mask_UP, position_ids=pos_UP, use_cache=True,
                 logits_to_keep=1)
     rows_B = torch.repeat_interleave(torch.arange(len(repeats_U), device=device), repeats_U.to(device))
-    cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"  # renamed in transformers 5.x
-    cache = getattr(out, cache_kw)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    # the keyword was renamed in transformers 5.x; a remote-code model may still take the old one
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache.reorder_cache(rows_B)  # each prompt's keys/values repeated for its rows
     logits_BV = out.logits[rows_B, -1]
     mask_BT = prompt_mask_UP[rows_B]
