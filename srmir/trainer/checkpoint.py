@@ -49,8 +49,10 @@ def save(engine, root: Path, step: int, trainer_state: dict, keep: int = 2) -> P
     """Write checkpoint ``step`` under ``root`` on every rank (a collective); return its folder."""
     final = step_dir(root, step)
     tmp = final.with_name(f".{final.name}.tmp")
-    if dist.is_main():
+    node_lead = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if node_lead:  # before anyone writes: leftovers of an interrupted or repeated save of this step go
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
     dist.barrier()
     engine.save_checkpoint(str(tmp), tag=DS_TAG)
     _save_rng(tmp / "rng", dist.rank())
@@ -58,10 +60,9 @@ def save(engine, root: Path, step: int, trainer_state: dict, keep: int = 2) -> P
         write_json_atomic(tmp / "trainer_state.json", {**trainer_state, "step": step, "world_size": dist.world_size()})
     dist.barrier()
     # One rank per node renames (node-local disks each hold their own copy; on a shared disk the
-    # first rename wins and the others find nothing left to move).
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and tmp.exists():
-        if final.exists():
-            shutil.rmtree(final)
+    # first rename wins and the others find nothing left to move). Nothing may delete ``final``
+    # here: on a shared disk it can be another node's rename of a moment ago.
+    if node_lead:
         try:
             os.replace(tmp, final)
         except FileNotFoundError:
