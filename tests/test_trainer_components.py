@@ -285,6 +285,41 @@ def test_greedy_decoding_with_shared_prefill_equals_hf_generate(tmp_path):
     assert torch.equal(ours, hf[:, :ours.shape[1]])
 
 
+def test_sampled_tokens_have_the_logprobs_a_full_forward_gives_them(tmp_path, monkeypatch):
+    """Decoding from one prefill per prompt (KV cache repeated per row, growing mask, continued
+    positions) sees each token with the distribution a plain forward over the whole sequence
+    gives it: the per-step log-probs of the sampled tokens equal the training pass's log-probs."""
+    import srmir.trainer.rollout as rollout
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = make_policy(tmp_path)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    texts, counts = prompt_runs(format_prompts(tok, ["tell me", "tell me", "tell me", "why is my home address private",
+                                                     "why", "why"]))
+    ids_UP, mask_UP = tokenize_prompts(tok, texts, 32, "cpu")
+    repeats = torch.tensor(counts)
+    steps = []
+    real_sample = rollout.sample_tokens
+
+    def recording(logits_BV, *a, **kw):
+        token_B = real_sample(logits_BV, *a, **kw)
+        steps.append(torch.log_softmax(logits_BV.float(), -1).gather(1, token_B[:, None]).squeeze(1))
+        return token_B
+
+    monkeypatch.setattr(rollout, "sample_tokens", recording)
+    torch.manual_seed(0)
+    eos = [tok.eos_token_id]
+    ids_BC = sample_completions(model, ids_UP, mask_UP, repeats, max_new_tokens=7, temperature=1.0, top_p=1.0,
+                                top_k=0, eos_ids=eos, pad_id=tok.pad_token_id)
+    cmask, _ = completion_mask(ids_BC, eos)
+    decoded_BC = torch.stack(steps, dim=1) * cmask
+    inputs = standard_inputs(ids_UP.repeat_interleave(repeats, 0), mask_UP.repeat_interleave(repeats, 0), ids_BC, cmask)
+    with torch.no_grad():
+        forward_BC, _ = completion_logprobs(model, model.lm_head, inputs, 1.0, "torch")
+    assert ids_BC.shape[0] == 6 and cmask.sum() > 6
+    torch.testing.assert_close(decoded_BC, forward_BC, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------- lr, prompts
 
 

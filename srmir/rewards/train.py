@@ -212,12 +212,7 @@ def augmented_pairs(pair: Pair, augment: Sequence[str]) -> list[Pair]:
         for n in PREFIX_WORDS:
             if n < len(words_c) or n < len(words_r):
                 out.append((prompt, " ".join(words_c[:n]), " ".join(words_r[:n])))
-    seen, unique = {pair}, []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique
+    return [p for p in dict.fromkeys(out) if p != pair]
 
 
 def _check_categories(categories, taxonomy: Taxonomy, train: dict, val: dict) -> list[str]:

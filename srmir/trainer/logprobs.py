@@ -31,6 +31,8 @@ import torch
 
 import srmir_kernels
 
+from .rollout import position_ids
+
 
 @contextlib.contextmanager
 def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int, targets_BC: torch.Tensor,
@@ -64,11 +66,6 @@ def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int
         yield
     finally:
         del lm_head.forward  # back to the class's forward
-
-
-def position_ids(attention_mask_BT: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as ``generate`` computes them (cumsum of the mask − 1)."""
-    return (attention_mask_BT.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 @dataclass
@@ -123,10 +120,10 @@ def shared_prompt_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tens
     if per_pack < 2 or b < 2:
         return None
     device = prompt_ids_BP.device
+    # row b continues row b−1's run when both carry the same (left-padded) prompt: one comparison, one sync
+    same_B = [False] + ((prompt_ids_BP[1:] == prompt_ids_BP[:-1]) & (prompt_mask_BP[1:] == prompt_mask_BP[:-1])).all(1).tolist()
     packs: list[list[int]] = []
-    for row in range(b):
-        same = row > 0 and torch.equal(prompt_ids_BP[row], prompt_ids_BP[row - 1]) \
-            and torch.equal(prompt_mask_BP[row], prompt_mask_BP[row - 1])
+    for row, same in enumerate(same_B):
         if same and len(packs[-1]) < per_pack:
             packs[-1].append(row)
         else:
@@ -174,11 +171,14 @@ def shared_prompt_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tens
                          packed=True)
 
 
+PACKABLE_ATTENTION = ("sdpa", "eager")  # they take a custom 4-D mask; FlashAttention-2 does not
+
+
 def packing_supported(model_config) -> bool:
     """Whether the shared-prompt layout computes what one row per sequence computes for this model:
     its attention must take a custom 4-D mask (SDPA, eager; not FlashAttention-2) and must not be
     windowed — a sliding-window layer given a ready 4-D mask would attend past its window."""
-    if getattr(model_config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(model_config, "_attn_implementation", None) not in PACKABLE_ATTENTION:
         return False
     layer_types = getattr(model_config, "layer_types", None) or []
     windowed = getattr(model_config, "sliding_window", None) and getattr(model_config, "use_sliding_window", True)
@@ -190,7 +190,7 @@ def logprob_inputs(prompt_ids_BP: torch.Tensor, prompt_mask_BP: torch.Tensor, co
                    max_len: int, pad_id: int, dtype: torch.dtype) -> LogprobInputs:
     """The packed layout when ``share_prompt`` and the attention takes a 4-D mask (SDPA, eager) and
     packing saves work; otherwise one row per sequence."""
-    if share_prompt and attn_implementation in ("sdpa", "eager"):
+    if share_prompt and attn_implementation in PACKABLE_ATTENTION:
         packed = shared_prompt_inputs(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, completion_mask_BC,
                                       max_len=max_len, pad_id=pad_id,
                                       mask_dtype=dtype if attn_implementation == "eager" else None)

@@ -131,6 +131,12 @@ class GRPORecipe:
             self.ref, self.ref_head = build.reference_model(
                 resolve_model(m.reference or m.policy), self.ds_config, self.device, dtype=m.dtype,
                 attn=m.attn_implementation, trust_remote_code=m.trust_remote_code)
+        # the log-prob inputs are shared by the policy and the reference: pack them behind shared
+        # prompts only when both models compute the same thing from a 4-D mask
+        configs = [self.engine.module.config] + ([_unwrap(self.ref).config] if self.ref is not None else [])
+        attn = {c._attn_implementation for c in configs}
+        self.attn_implementation = configs[0]._attn_implementation
+        self.share_prompt = t.share_prompt and len(attn) == 1 and all(packing_supported(c) for c in configs)
 
     def _setup_rewards(self, taxonomy, pool: list[dict]) -> None:
         rw = self.cfg.rewards
@@ -221,14 +227,13 @@ class GRPORecipe:
             scores_nK = torch.as_tensor(self.reward_fn.score([r["prompt"] for r in mine], rollout.completions),
                                         dtype=torch.float32).to(self.device)
             scores_NK = dist.all_gather_rows(scores_nK)  # before any statistic: groups may span ranks
-            rewards_N, advantages_N = self._advantages(scores_NK, samples)
+            rewards_N, infinite = self._rewards(scores_NK, samples)
+            advantages_N = algos.group_advantages(rewards_N, self.group_size, scale=cfg.grpo.adv_scale)
         metrics = self._rollout_metrics(samples, scores_NK, rewards_N, advantages_N, rollout)
         # NaN = unscored (DESIGN): left out of the group statistics, advantage 0, training goes on.
         # ±inf, or nothing scored at all, is a broken reward: the step is skipped. Both checks see
         # the gathered tensor, so every rank decides alike.
-        unscored_N = torch.isnan(rewards_N)
-        infinite = bool(torch.isinf(self._scores_in_use(scores_NK, samples)).any())
-        if infinite or bool(unscored_N.all()):
+        if infinite or bool(torch.isnan(rewards_N).all()):
             metrics.update(timer.metrics(tokens=metrics["completion/tokens"]))
             why = "±inf" if infinite else "no sample was scored"
             return self._skip(step, metrics, f"a non-finite reward ({why})")
@@ -258,38 +263,24 @@ class GRPORecipe:
                             top_p=r.top_p, top_k=r.top_k, max_prompt_length=self.cfg.data.max_prompt_length,
                             eos_ids=self.eos_ids, pad_id=self.pad_id)
 
-    def _advantages(self, scores_NK: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N, K] scores → [N] rewards (linear | categorized) → [N] group advantages."""
-        g, rw = self.cfg.grpo, self.cfg.rewards
-        columns_N = None
-        if rw.strategy == "categorized":
-            columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
-        weights = None
-        if self.reward_w is not None:  # an RM of weight 0 takes no part: its NaN or inf must not spread
-            used_K = self.reward_w != 0
-            scores_NK, weights = scores_NK[:, used_K.to(scores_NK.device)], self.reward_w[used_K].to(self.device)
-        rewards_N = algos.combine_rewards(scores_NK, rw.strategy, weights, columns_N)
-        return rewards_N, algos.group_advantages(rewards_N, self.group_size, scale=g.adv_scale)
-
-    def _scores_in_use(self, scores_NK: torch.Tensor, samples: list[dict]) -> torch.Tensor:
-        """The raw scores that enter the combined reward (an inf there would turn into NaN when
-        combined and pass for "unscored"): nonzero-weight columns, or each prompt's own column."""
+    def _rewards(self, scores_NK: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, bool]:
+        """[N, K] scores → [N] rewards (linear | categorized), and whether an ±inf score entered
+        them (combined, inf − inf or 0·inf would turn into NaN and pass for "unscored")."""
         if self.cfg.rewards.strategy == "categorized":
             columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
-            return scores_NK.gather(1, columns_N[:, None])
-        if self.reward_w is None:
-            return scores_NK
-        return scores_NK[:, (self.reward_w != 0).to(scores_NK.device)]
+            rewards_N = algos.combine_rewards(scores_NK, "categorized", categories=columns_N)
+            return rewards_N, bool(torch.isinf(rewards_N).any())
+        used_K = self.reward_w != 0  # an RM of weight 0 takes no part: its NaN or inf must not spread
+        used_NK = scores_NK[:, used_K.to(scores_NK.device)]
+        rewards_N = algos.combine_rewards(used_NK, "linear", self.reward_w[used_K].to(self.device))
+        return rewards_N, bool(torch.isinf(used_NK).any())
 
     def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
-        """This micro-batch's model inputs, shared by the reference, old and live passes: packed
-        behind shared prompts when every model that sees them supports it."""
+        """This micro-batch's model inputs, shared by the reference, old and live passes."""
         t = self.cfg.train
-        models = [self.engine.module] + ([_unwrap(self.ref)] if self.ref is not None else [])
-        attn = {m.config._attn_implementation for m in models}
-        share = t.share_prompt and len(attn) == 1 and all(packing_supported(m.config) for m in models)
         return logprob_inputs(micro.prompt_ids_BP, micro.prompt_mask_BP, micro.completion_ids_BC,
-                              micro.completion_mask_BC, share_prompt=share, attn_implementation=attn.pop(),
+                              micro.completion_mask_BC, share_prompt=self.share_prompt,
+                              attn_implementation=self.attn_implementation,
                               max_len=t.pack_max_len, pad_id=self.pad_id, dtype=build.DTYPES[self.cfg.model.dtype])
 
     @torch.no_grad()

@@ -112,6 +112,12 @@ def gathered_for_generation(engine, zero_stage: int):
         yield engine.module
 
 
+def position_ids(attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (cumsum of the mask − 1): what generation uses, and so
+    what every later log-prob pass must use."""
+    return (attention_mask_BT.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def sample_tokens(logits_BV: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
     """One token per row from softmax(logits / temperature), after top-k and nucleus (top-p)
     filtering; ``temperature`` 0 is greedy.
@@ -163,7 +169,7 @@ def sample_completions(model, prompt_ids_UP: torch.Tensor, prompt_mask_UP: torch
     EOS, so C is the longest completion, at most ``max_new_tokens``.
     """
     device = prompt_ids_UP.device
-    pos_UP = (prompt_mask_UP.long().cumsum(dim=1) - 1).clamp(min=0)
+    pos_UP = position_ids(prompt_mask_UP)
     out = model(input_ids=prompt_ids_UP, attention_mask=prompt_mask_UP, position_ids=pos_UP, use_cache=True,
                 logits_to_keep=1)
     rows_B = torch.repeat_interleave(torch.arange(len(repeats_U), device=device), repeats_U.to(device))
