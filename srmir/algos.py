@@ -190,3 +190,58 @@ def combine_rewards(
             raise ValueError(f"category indices must lie in [0, {k})")
         return scores.gather(1, c_N[:, None]).squeeze(1)
     raise ValueError(f"unknown reward strategy {strategy!r}; use 'linear' or 'categorized'")
+
+
+BENIGN = -1  # column index of a benign prompt in route_rewards: it is answered, not refused
+
+
+def route_rewards(
+    harm_NK: torch.Tensor,
+    columns_N: torch.Tensor | Sequence[int],
+    strategy: str,
+    weights: Optional[torch.Tensor | Sequence[float]] = None,
+    helpful_N: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The routing rule: one reward ``[N]`` per sample from the K harm RMs' scores ``[N, K]`` and
+    the helpfulness RM's scores ``[N]``.
+
+    ``columns_N[i]`` is the harm category index k ∈ [0, K) of a harmful prompt, or
+    :data:`BENIGN` (−1) for a benign one. For sample i::
+
+        harmful, "linear":      r_i = Σ_k w_k s_ik   over the RMs with w_k > 0 (w = 1/K when None)
+        harmful, "categorized": r_i = s_{i, c_i}     (the RM of the prompt's own category)
+        benign (either):        r_i = h_i            (the helpfulness RM; NaN when there is none)
+
+    An RM of weight 0 takes no part, so its NaN or inf cannot spread into the sum. NaN stays NaN
+    ("unscored": advantage 0 later). Example, K = 2, w = (0.5, 0.5)::
+
+        s = [[1, 3], [2, 0], [5, 5]], columns = [0, 1, -1], h = [9, 9, 7]
+        linear      → [2, 1, 7];   categorized → [1, 0, 7]
+    """
+    if harm_NK.dim() != 2:
+        raise ValueError(f"harm scores must be [N, K], got shape {tuple(harm_NK.shape)}")
+    n, k = harm_NK.shape
+    c_N = torch.as_tensor(columns_N, dtype=torch.long, device=harm_NK.device)
+    if c_N.shape != (n,):
+        raise ValueError(f"columns must have N={n} entries, got shape {tuple(c_N.shape)}")
+    if n and (c_N.min() < BENIGN or c_N.max() >= k):
+        raise ValueError(f"columns must lie in [0, {k}) or be BENIGN ({BENIGN})")
+    harmful_N = c_N != BENIGN
+    if strategy == "linear":
+        w_K = harm_NK.new_full((k,), 1.0 / k) if weights is None else \
+            torch.as_tensor(weights, dtype=harm_NK.dtype, device=harm_NK.device)
+        if w_K.shape != (k,):
+            raise ValueError(f"weights must have K={k} entries, got shape {tuple(w_K.shape)}")
+        used_K = w_K != 0
+        harm_N = harm_NK[:, used_K] @ w_K[used_K]
+    elif strategy == "categorized":
+        harm_N = harm_NK.gather(1, c_N.clamp(min=0)[:, None]).squeeze(1)
+    else:
+        raise ValueError(f"unknown reward strategy {strategy!r}; use 'linear' or 'categorized'")
+    if helpful_N is None:
+        help_N = torch.full((n,), float("nan"), dtype=harm_NK.dtype, device=harm_NK.device)
+    else:
+        help_N = torch.as_tensor(helpful_N, dtype=harm_NK.dtype, device=harm_NK.device)
+        if help_N.shape != (n,):
+            raise ValueError(f"helpfulness scores must be [N={n}], got shape {tuple(help_N.shape)}")
+    return torch.where(harmful_N, harm_N, help_N)

@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from srmir.algos import (
+    BENIGN,
     aggregate_loss,
     clip_fraction,
     clipped_policy_loss,
     combine_rewards,
     group_advantages,
     kl_penalty,
+    route_rewards,
     zero_variance_fraction,
 )
 
@@ -268,3 +270,28 @@ def test_combine_rewards_errors_and_nan():
         combine_rewards(scores, "categorized", categories=[0, 2])
     with pytest.raises(ValueError, match="strategy"):
         combine_rewards(scores, "max")
+
+
+# ----------------------------------------------------------------------------- route_rewards
+
+
+def test_route_rewards_hand_computed():
+    # K = 2 harm RMs; rows: harmful of category 0, harmful of category 1, benign
+    s = torch.tensor([[1.0, 3.0], [2.0, 0.0], [5.0, 5.0]])
+    cols, h = [0, 1, BENIGN], torch.tensor([9.0, 9.0, 7.0])
+    close(route_rewards(s, cols, "linear", helpful_N=h), [2.0, 1.0, 7.0])  # (1+3)/2, (2+0)/2, h
+    close(route_rewards(s, cols, "categorized", helpful_N=h), [1.0, 0.0, 7.0])  # s[0,0], s[1,1], h
+    close(route_rewards(s, cols, "linear", weights=[0.25, 0.75], helpful_N=h), [2.5, 0.5, 7.0])
+
+
+def test_route_rewards_zero_weight_and_missing_helpfulness():
+    s = torch.tensor([[1.0, float("nan")], [2.0, float("inf")]])
+    # an RM of weight 0 takes no part: its NaN and inf do not reach the reward
+    close(route_rewards(s, [0, 1], "linear", weights=[1.0, 0.0]), [1.0, 2.0])
+    # a benign row without a helpfulness RM is unscored (NaN), a harmful one is not
+    out = route_rewards(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), [BENIGN, 1], "categorized")
+    assert torch.isnan(out[0]) and out[1].item() == 4.0
+    with pytest.raises(ValueError, match="columns"):
+        route_rewards(s, [0, 2], "categorized")
+    with pytest.raises(ValueError, match="strategy"):
+        route_rewards(s, [0, 1], "max")

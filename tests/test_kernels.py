@@ -352,6 +352,8 @@ _ZERO3_SCRIPT = textwrap.dedent("""
 
     for step in sys.argv[1].split(","):
         {"E": engine_forward_step, "G": gather_step, "X": backward_after_gather}[step]()
+    dist.barrier()
+    dist.destroy_process_group()  # an exit with gloo's threads still running can abort ("terminate called ...")
 """)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from srmir.errors import UserError
 from srmir.rewards import (
-    PairEncoder, RewardModel, ShadowRewardBank, bradley_terry_loss, category_columns, evaluate_bank,
+    PairEncoder, RewardModel, ShadowRewardBank, bradley_terry_loss, resolve_labels, evaluate_bank,
     linear_weights, score_sequential, shadow_rewards, train_bank, train_reward_model,
 )
 from srmir.rewards.bank import stack_states
@@ -262,17 +262,18 @@ def test_shadow_rewards_linear_and_categorized(bert_dir):
     models, tok = perturbed_models(bert_dir, 3)
     bank = ShadowRewardBank.from_models(models, tok, ["a", "b", "c"], backbone=bert_dir, max_length=40, normalize=False)
     w_K = torch.tensor([0.5, 0.25, 0.25])
-    rewards_N, scores_NK = shadow_rewards(bank, PROMPTS, RESPONSES, "linear", weights=w_K)
-    torch.testing.assert_close(rewards_N, 0.5 * scores_NK[:, 0] + 0.25 * scores_NK[:, 1] + 0.25 * scores_NK[:, 2])
-    rewards_N, scores_NK = shadow_rewards(bank, PROMPTS, RESPONSES, "categorized", labels=["c", "a", "a", "b"])
-    assert rewards_N.tolist() == [scores_NK[0, 2].item(), scores_NK[1, 0].item(), scores_NK[2, 0].item(), scores_NK[3, 1].item()]
-    with pytest.raises(UserError, match="no category classifier"):
+    routed, scores_NK = shadow_rewards(bank, PROMPTS, RESPONSES, "linear", weights=w_K)
+    torch.testing.assert_close(routed.rewards_N, 0.5 * scores_NK[:, 0] + 0.25 * scores_NK[:, 1] + 0.25 * scores_NK[:, 2])
+    routed, scores_NK = shadow_rewards(bank, PROMPTS, RESPONSES, "categorized", labels=["c", "a", "a", "b"])
+    assert routed.rewards_N.tolist() == [scores_NK[0, 2].item(), scores_NK[1, 0].item(), scores_NK[2, 0].item(),
+                                         scores_NK[3, 1].item()]
+    assert routed.columns_N.tolist() == [2, 0, 0, 1] and not routed.nonfinite
+    with pytest.raises(UserError, match="classifier"):
         shadow_rewards(bank, PROMPTS, RESPONSES, "categorized", labels=["c", None, "a", "b"])
     # With a classifier, unlabeled prompts are routed by its prediction.
     feats = bank.embed_prompts(PROMPTS)
     bank.classifier = CategoryClassifier.fit(feats, torch.tensor([2, 1, 0, 1]), 3)
-    cols = category_columns(bank, ["a", None, None, None], PROMPTS)
-    assert cols.tolist() == [0, 1, 0, 1]
+    assert resolve_labels(bank, ["a", None, None, None], PROMPTS) == ["a", "b", "a", "b"]
 
 
 def test_classifier_separates_separable_features():
@@ -420,3 +421,22 @@ def test_cli_bad_inputs_exit_2(cli_setup, capsys, bert_dir):
     assert "--categories: unknown category 'zz'" in capsys.readouterr().err
     assert main(["rm", "train", "--config", str(cfg), "rewards.tuned_layers=-1"]) == 2
     assert "rewards.tuned_layers" in capsys.readouterr().err
+
+
+def test_route_sends_harmful_benign_and_unlabeled_rows_to_the_right_rm():
+    from srmir.rewards import BENIGN_LABEL, HELPFULNESS, route
+
+    heads = ["a", "b", HELPFULNESS]
+    # columns: RM a, RM b, helpfulness
+    s = torch.tensor([[1.0, 3.0, 10.0], [2.0, 0.0, 20.0], [5.0, 5.0, 30.0]])
+    labels = ["a", "b", BENIGN_LABEL]
+    assert route(s, heads, labels, "categorized").rewards_N.tolist() == [1.0, 0.0, 30.0]
+    assert route(s, heads, labels, "linear").rewards_N.tolist() == [2.0, 1.0, 30.0]
+    assert route(s, heads, labels, "linear").columns_N.tolist() == [0, 1, -1]
+    # ±inf entering a reward is reported; an inf in an unused column is not
+    s_inf = s.clone()
+    s_inf[0, 1] = float("inf")
+    assert not route(s_inf, heads, labels, "categorized").nonfinite  # row 0 uses RM a only
+    assert route(s_inf, heads, labels, "linear").nonfinite
+    with pytest.raises(UserError, match="no reward model routes"):
+        route(s, heads, ["a", "zzz", BENIGN_LABEL], "categorized")

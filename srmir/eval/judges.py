@@ -21,7 +21,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..algos import combine_rewards
 
 
 @dataclass
@@ -149,14 +148,17 @@ class RewardBankJudge:
     def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
         if not samples:
             return []
-        cats = list(self.bank.categories)
-        scores_NK = self.bank.score([s.prompt for s in samples], [s.response for s in samples],
-                                    batch_size=self.batch_size).float().cpu()
-        own_N = [s.category in cats for s in samples]
-        linear_N = combine_rewards(scores_NK, "linear")
-        own_cat_N = combine_rewards(scores_NK, "categorized",
-                                    categories=[cats.index(s.category) if ok else 0 for s, ok in zip(samples, own_N)])
-        return [Verdict(score=float(c if ok else l)) for c, l, ok in zip(own_cat_N.tolist(), linear_N.tolist(), own_N)]
+        from ..rewards.combine import BENIGN_LABEL, HELPFULNESS, bank_heads, route, score_heads
+
+        cats, heads = list(self.bank.categories), bank_heads(self.bank)
+        scores_NH = score_heads(self.bank, [s.prompt for s in samples], [s.response for s in samples]).float().cpu()
+        # through the trainer's routing rule: own category's RM; benign prompts (no category) the
+        # helpfulness RM when the bank has one; otherwise the uniform linear mix of the K harm RMs
+        routed_N = route(scores_NH, heads, [s.category if s.category in cats else BENIGN_LABEL for s in samples],
+                         "categorized").rewards_N
+        linear_N = route(scores_NH, heads, [cats[0]] * len(samples), "linear").rewards_N
+        use_routed = [s.category in cats or (s.category is None and HELPFULNESS in heads) for s in samples]
+        return [Verdict(score=float(r if ok else l)) for r, l, ok in zip(routed_N.tolist(), linear_N.tolist(), use_routed)]
 
 
 def _dir_stamp(path: str) -> str:

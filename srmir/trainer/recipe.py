@@ -42,6 +42,7 @@ from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, packin
 from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
 from .sampler import BalancedPromptSampler
+from ..rewards.combine import bank_heads, score_heads
 
 
 class Stopped(Exception):
@@ -143,6 +144,7 @@ class GRPORecipe:
         if self.reward_fn is None:
             self.reward_fn = build.load_reward_bank(rw.dir, taxonomy, self.device, rw.normalize, rw.batch_size_score)
         self.rm_categories = list(self.reward_fn.categories)
+        self.rm_heads = bank_heads(self.reward_fn)
         missing = sorted({r["category"] for r in pool} - set(self.rm_categories))
         if missing and rw.strategy == "categorized":
             raise UserError(f"categorized rewards need a shadow RM for every prompt category; the bank has none for "
@@ -224,12 +226,12 @@ class GRPORecipe:
         with timer("generate"):
             rollout = self._generate([r["prompt"] for r in mine])
         with timer("score"):
-            scores_nK = torch.as_tensor(self.reward_fn.score([r["prompt"] for r in mine], rollout.completions),
+            scores_nH = torch.as_tensor(score_heads(self.reward_fn, [r["prompt"] for r in mine], rollout.completions),
                                         dtype=torch.float32).to(self.device)
-            scores_NK = dist.all_gather_rows(scores_nK)  # before any statistic: groups may span ranks
-            rewards_N, infinite = self._rewards(scores_NK, samples)
+            scores_NH = dist.all_gather_rows(scores_nH)  # before any statistic: groups may span ranks
+            rewards_N, infinite = self._rewards(scores_NH, samples)
             advantages_N = algos.group_advantages(rewards_N, self.group_size, scale=cfg.grpo.adv_scale)
-        metrics = self._rollout_metrics(samples, scores_NK, rewards_N, advantages_N, rollout)
+        metrics = self._rollout_metrics(samples, scores_NH, rewards_N, advantages_N, rollout)
         # NaN = unscored (DESIGN): left out of the group statistics, advantage 0, training goes on.
         # ±inf, or nothing scored at all, is a broken reward: the step is skipped. Both checks see
         # the gathered tensor, so every rank decides alike.
@@ -263,17 +265,15 @@ class GRPORecipe:
                             top_p=r.top_p, top_k=r.top_k, max_prompt_length=self.cfg.data.max_prompt_length,
                             eos_ids=self.eos_ids, pad_id=self.pad_id)
 
-    def _rewards(self, scores_NK: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, bool]:
-        """[N, K] scores → [N] rewards (linear | categorized), and whether an ±inf score entered
-        them (combined, inf − inf or 0·inf would turn into NaN and pass for "unscored")."""
-        if self.cfg.rewards.strategy == "categorized":
-            columns_N = torch.tensor([self.rm_categories.index(s["category"]) for s in samples], device=self.device)
-            rewards_N = algos.combine_rewards(scores_NK, "categorized", categories=columns_N)
-            return rewards_N, bool(torch.isinf(rewards_N).any())
-        used_K = self.reward_w != 0  # an RM of weight 0 takes no part: its NaN or inf must not spread
-        used_NK = scores_NK[:, used_K.to(scores_NK.device)]
-        rewards_N = algos.combine_rewards(used_NK, "linear", self.reward_w[used_K].to(self.device))
-        return rewards_N, bool(torch.isinf(used_NK).any())
+    def _rewards(self, scores_NH: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, bool]:
+        """[N, H] scores → [N] rewards through the routing rule (``rewards.route``, shared with the
+        eval judge), and whether an ±inf score entered them (combined, inf − inf or 0·inf would
+        turn into NaN and pass for "unscored")."""
+        from ..rewards.combine import route
+
+        routed = route(scores_NH, self.rm_heads, [s["category"] for s in samples], self.cfg.rewards.strategy,
+                       None if self.reward_w is None else self.reward_w.to(self.device))
+        return routed.rewards_N, routed.nonfinite
 
     def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
         """This micro-batch's model inputs, shared by the reference, old and live passes."""
@@ -383,7 +383,7 @@ class GRPORecipe:
 
     # --------------------------------------------------------------------------- metrics
 
-    def _rollout_metrics(self, samples, scores_NK, rewards_N, advantages_N, rollout: Rollout) -> dict:
+    def _rollout_metrics(self, samples, scores_NH, rewards_N, advantages_N, rollout: Rollout) -> dict:
         lengths_N = dist.all_gather_rows(rollout.completion_mask_BC.sum(dim=1).float())
         truncated_N = dist.all_gather_rows(rollout.truncated_B.float())
         finite = torch.isfinite(rewards_N)
@@ -398,8 +398,8 @@ class GRPORecipe:
             "completion/truncated_frac": truncated_N.mean().item(), "completion/tokens": lengths_N.sum().item(),
             "skipped": 0, "skipped_total": self.skipped_total,
         }
-        for k, slug in enumerate(self.rm_categories):
-            column = scores_NK[:, k]
+        for k, slug in enumerate(self.rm_heads):
+            column = scores_NH[:, k]
             m[f"reward/rm/{slug}"] = _mean(column[torch.isfinite(column)])
         categories = [s["category"] for s in samples]
         for slug in dict.fromkeys(categories):
