@@ -2,14 +2,18 @@
 
 Public API::
 
-    selective_logprobs(logits, targets, temperature=1.0, backend="auto", return_entropy=False)
+    selective_logprobs(logits, targets, temperature=1.0, backend="auto", return_entropy=False,
+                       softcap=None)
     fused_linear_logprobs(hidden, weight, targets, temperature=1.0, bias=None,
-                          backend="auto", return_entropy=False)
+                          backend="auto", return_entropy=False, softcap=None)
     gathered_lm_head(module)   # ZeRO-3: gather lm_head weight/bias for the fused call
 
-Both return fp32 ``log softmax(logits / T)[target]`` with the shape of ``targets``
-(and, with ``return_entropy=True``, the fp32 entropy of ``softmax(logits / T)``, no
-grad). Inputs may be fp32, bf16 or fp16; math and accumulation are fp32; gradients
+Both return fp32 ``log softmax(cap(logits) / T)[target]`` with the shape of ``targets``
+(and, with ``return_entropy=True``, the fp32 entropy of ``softmax(cap(logits) / T)``, no
+grad). ``cap`` is the optional final-logit soft-capping of Gemma-2/3,
+``cap(x) = softcap · tanh(x / softcap)`` (None: no capping). A model that *scales* its logits
+(Granite divides by ``logits_scaling``, Cohere multiplies by ``logit_scale``) needs no
+argument: the scale folds into the temperature, ``T' = T / scale``. Inputs may be fp32, bf16 or fp16; math and accumulation are fp32; gradients
 come back in each input's dtype.
 
 Backends: ``"triton"`` (CUDA tensors; CPU tensors only when ``TRITON_INTERPRET=1`` was
@@ -90,6 +94,15 @@ def _flat_targets(targets: torch.Tensor, lead_shape: torch.Size, vocab: int, wha
     return flat
 
 
+def _softcap(softcap) -> float:
+    if softcap is None:
+        return 0.0
+    s = float(softcap)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
+    return s
+
+
 def _check_float(name: str, x: torch.Tensor) -> None:
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"{name} must be a float tensor (fp32/bf16/fp16), got {x.dtype}")
@@ -102,6 +115,7 @@ def selective_logprobs(
     backend: str = "auto",
     return_entropy: bool = False,
     chunk_rows: int | None = None,
+    softcap: float | None = None,
 ):
     """Log-probabilities of ``targets`` under ``softmax(logits / temperature)``.
 
@@ -115,6 +129,7 @@ def selective_logprobs(
         return_entropy: also return ``H = logsumexp(z) − Σ softmax(z)·z`` (no grad).
         chunk_rows: rows per chunk of the torch path (default keeps the fp32
             working tile ≤ 4M elements); results do not depend on it.
+        softcap: ``s`` of the soft-capping ``z = s·tanh(logits/s) / T``; None: no capping.
 
     Returns:
         fp32 ``logp`` shaped like ``targets``, differentiable w.r.t. ``logits``
@@ -128,7 +143,8 @@ def selective_logprobs(
     if chunk_rows is None:
         chunk_rows = logits_NV.shape[0] if ops is not torch_ops else _TILE_ELEMENTS // max(vocab, 1)
     logp_N, ent_N = SelectiveLogprobsFn.apply(
-        logits_NV, flat_t, _inv_temperature(temperature), return_entropy, max(1, int(chunk_rows)), ops
+        logits_NV, flat_t, _inv_temperature(temperature), return_entropy, max(1, int(chunk_rows)), ops,
+        _softcap(softcap),
     )
     logp = logp_N.view(targets.shape)
     return (logp, ent_N.view(targets.shape)) if return_entropy else logp
@@ -159,6 +175,7 @@ def fused_linear_logprobs(
     return_entropy: bool = False,
     chunk_tokens: int | None = None,
     chunk_vocab: int | None = None,
+    softcap: float | None = None,
 ):
     """``selective_logprobs(hidden @ weightᵀ + bias, targets, T)`` without the full logits.
 
@@ -175,6 +192,7 @@ def fused_linear_logprobs(
             :func:`_default_chunks`). Temporaries: one tile in the input dtype, two fp32
             tiles (torch backend only), fp32 ``[N, H]`` and ``[chunk_vocab, H]``
             gradient accumulators. Results do not depend on them beyond rounding.
+        softcap: ``s`` of the soft-capping ``s·tanh(logits/s)`` applied before ``/ T``; None: none.
 
     Returns:
         fp32 ``logp`` shaped like ``targets`` (or ``(logp, entropy)``), differentiable
@@ -199,7 +217,7 @@ def fused_linear_logprobs(
     chunk_vocab = max(1, int(chunk_vocab or d_voc))
     logp_N, ent_N = FusedLinearLogprobsFn.apply(
         hidden_NH, weight, bias, flat_t, _inv_temperature(temperature), return_entropy,
-        chunk_tokens, chunk_vocab, ops,
+        chunk_tokens, chunk_vocab, ops, _softcap(softcap),
     )
     logp = logp_N.view(targets.shape)
     return (logp, ent_N.view(targets.shape)) if return_entropy else logp

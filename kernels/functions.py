@@ -4,8 +4,9 @@ Both Functions take ``ops``, a module with ``tile_stats`` / ``tile_grad``
 (``torch_ops`` or ``triton_ops``), and loop over tiles of the logits so no
 temporary grows with the full ``[N, V]``.
 
-Notation: ``z = logits / T``; ``lse_r = log Σ_j exp(z_rj)``; ``logp_r = z_{r,t_r} − lse_r``;
-``entropy_r = lse_r − Σ_j p_rj z_rj``; ``dlogp_r/dlogits_rj = (1[j = t_r] − p_rj) / T``.
+Notation: ``z = cap(logits) / T`` (``cap`` the optional soft-capping ``s·tanh(x/s)``, identity
+when ``softcap = 0``); ``lse_r = log Σ_j exp(z_rj)``; ``logp_r = z_{r,t_r} − lse_r``;
+``entropy_r = lse_r − Σ_j p_rj z_rj``; ``dlogp_r/dlogits_rj = (1[j = t_r] − p_rj) · cap'(logits_rj) / T``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class SelectiveLogprobsFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits_NV, targets_N, inv_temp, want_entropy, chunk_rows, ops: ModuleType):
+    def forward(ctx, logits_NV, targets_N, inv_temp, want_entropy, chunk_rows, ops: ModuleType, softcap=0.0):
         n_rows, n_voc = logits_NV.shape
         lse_N = torch.empty(n_rows, dtype=torch.float32, device=logits_NV.device)
         logp_N = torch.empty_like(lse_N)
@@ -48,13 +49,14 @@ class SelectiveLogprobsFn(torch.autograd.Function):
         work = ops.tile_workspace(min(chunk_rows, n_rows) * n_voc, logits_NV.device)
         with _no_autocast(logits_NV):
             for r0, r1 in _spans(n_rows, chunk_rows):
-                lse, tgt, mean_z = ops.tile_stats(logits_NV[r0:r1], targets_N[r0:r1], inv_temp, want_entropy, work)
+                lse, tgt, mean_z = ops.tile_stats(logits_NV[r0:r1], targets_N[r0:r1], inv_temp, want_entropy, work,
+                                                  softcap=softcap)
                 lse_N[r0:r1] = lse
                 torch.sub(tgt, lse, out=logp_N[r0:r1])
                 if want_entropy:
                     torch.sub(lse, mean_z, out=ent_N[r0:r1])
         ctx.save_for_backward(logits_NV, targets_N, lse_N)
-        ctx.inv_temp, ctx.chunk_rows, ctx.ops = inv_temp, chunk_rows, ops
+        ctx.inv_temp, ctx.chunk_rows, ctx.ops, ctx.softcap = inv_temp, chunk_rows, ops, softcap
         ctx.mark_non_differentiable(ent_N)
         return logp_N, ent_N
 
@@ -62,7 +64,7 @@ class SelectiveLogprobsFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_logp_N, _grad_ent):
         if grad_logp_N is None or not ctx.needs_input_grad[0]:
-            return (None,) * 6
+            return (None,) * 7
         logits_NV, targets_N, lse_N = ctx.saved_tensors
         n_rows, n_voc = logits_NV.shape
         coef_N = grad_logp_N.float() * ctx.inv_temp
@@ -72,8 +74,8 @@ class SelectiveLogprobsFn(torch.autograd.Function):
             for r0, r1 in _spans(n_rows, ctx.chunk_rows):
                 lse = lse_N[r0:r1]  # one tile spans the whole row: tile lse = global lse
                 ctx.ops.tile_grad(logits_NV[r0:r1], targets_N[r0:r1], lse, lse, coef_N[r0:r1],
-                                  ctx.inv_temp, grad_NV[r0:r1], work)
-        return grad_NV, None, None, None, None, None
+                                  ctx.inv_temp, grad_NV[r0:r1], work, softcap=ctx.softcap)
+        return grad_NV, None, None, None, None, None, None
 
 
 class _Scratch:
@@ -142,7 +144,7 @@ class FusedLinearLogprobsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, bias_V, targets_N, inv_temp, want_entropy,
-                chunk_tokens, chunk_vocab, ops: ModuleType):
+                chunk_tokens, chunk_vocab, ops: ModuleType, softcap=0.0):
         n_tok, n_voc = hidden_NH.shape[0], weight_VH.shape[0]
         chunk_tokens, chunk_vocab = max(1, min(chunk_tokens, n_tok)), max(1, min(chunk_vocab, n_voc))
         f32 = dict(dtype=torch.float32, device=hidden_NH.device)
@@ -157,12 +159,13 @@ class FusedLinearLogprobsFn(torch.autograd.Function):
                 b_v = None if bias_V is None else bias_V[v0:v1]
                 for n0, n1 in _spans(n_tok, chunk_tokens):
                     tile = scratch.logits(hidden_NH[n0:n1], weight_VH[v0:v1], b_v)
-                    stats = ops.tile_stats(tile, targets_N[n0:n1] - v0, inv_temp, want_entropy, scratch.work)
+                    stats = ops.tile_stats(tile, targets_N[n0:n1] - v0, inv_temp, want_entropy, scratch.work,
+                                           softcap=softcap)
                     lse_tiles[vi, n0:n1] = stats[0]
                     mean_z_n = None if mean_z_N is None else mean_z_N[n0:n1]
                     _merge_tile_(lse_N[n0:n1], tgt_N[n0:n1], mean_z_n, *stats)
         ctx.save_for_backward(hidden_NH, weight_VH, bias_V, targets_N, lse_N, lse_tiles)
-        ctx.inv_temp, ctx.chunks, ctx.ops = inv_temp, (chunk_tokens, chunk_vocab), ops
+        ctx.inv_temp, ctx.chunks, ctx.ops, ctx.softcap = inv_temp, (chunk_tokens, chunk_vocab), ops, softcap
         ent_N = lse_N - mean_z_N if want_entropy else lse_N.new_empty(0)
         ctx.mark_non_differentiable(ent_N)
         return tgt_N - lse_N, ent_N
@@ -172,18 +175,19 @@ class FusedLinearLogprobsFn(torch.autograd.Function):
     def backward(ctx, grad_logp_N, _grad_ent):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if grad_logp_N is None or not (need_h or need_w or need_b):
-            return (None,) * 9
+            return (None,) * 10
         hidden_NH, weight_VH, bias_V, targets_N, lse_N, lse_tiles = ctx.saved_tensors
         with _no_autocast(hidden_NH):
             grads = _fused_backward(
                 hidden_NH, weight_VH, bias_V, targets_N, lse_N, lse_tiles,
                 grad_logp_N.float() * ctx.inv_temp, ctx.inv_temp, *ctx.chunks, ctx.ops, (need_h, need_w, need_b),
+                ctx.softcap,
             )
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def _fused_backward(hidden_NH, weight_VH, bias_V, targets_N, lse_N, lse_tiles, coef_N, inv_temp,
-                    chunk_tokens, chunk_vocab, ops, needs):
+                    chunk_tokens, chunk_vocab, ops, needs, softcap=0.0):
     """Tile loop of :class:`FusedLinearLogprobsFn` backward; returns (gh, gw, gb)."""
     need_h, need_w, need_b = needs
     n_tok, n_voc, n_hid = hidden_NH.shape[0], weight_VH.shape[0], hidden_NH.shape[1]
@@ -206,7 +210,7 @@ def _fused_backward(hidden_NH, weight_VH, bias_V, targets_N, lse_N, lse_tiles, c
             h_n = hidden_NH[n0:n1]
             tile = scratch.logits(h_n, w_v, b_v)
             ops.tile_grad(tile, targets_N[n0:n1] - v0, lse_tiles[vi, n0:n1], lse_N[n0:n1],
-                          coef_N[n0:n1], inv_temp, tile, scratch.work)
+                          coef_N[n0:n1], inv_temp, tile, scratch.work, softcap=softcap)
             if need_h:
                 _accumulate_mm_(grad_h_acc[n0:n1], tile, w_v, scratch.part_h)
             if acc_w is not None:

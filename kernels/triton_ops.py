@@ -24,12 +24,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _tanh(x):
+    """tanh via exp (no libdevice on every backend): 1 − 2/(e^{2x} + 1); ±inf give ±1, no NaN."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
 def _tile_stats_kernel(
     z_ptr, z_row_stride, t_ptr, lse_ptr, tgt_ptr, mean_z_ptr,
-    n_cols, inv_temp,
-    WANT_ENTROPY: tl.constexpr, BLOCK: tl.constexpr,
+    n_cols, inv_temp, softcap,
+    WANT_ENTROPY: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Per row r of z = logits / T: lse[r], tgt[r] = z[r, t_r] (or -inf), mean_z[r]."""
+    """Per row r of z = cap(logits) / T: lse[r], tgt[r] = z[r, t_r] (or -inf), mean_z[r]."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * z_row_stride
     t = tl.load(t_ptr + row)
@@ -40,8 +46,10 @@ def _tile_stats_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_temp
-        z = tl.where(mask, z, float("-inf"))
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            z = softcap * _tanh(z / softcap)
+        z = tl.where(mask, z * inv_temp, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         # A block of only -inf keeps m_new = -inf: use 0 as the reference, never -inf - -inf.
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -55,8 +63,10 @@ def _tile_stats_kernel(
     m_ref = tl.where(m == float("-inf"), 0.0, m)
     tl.store(lse_ptr + row, m_ref + tl.log(s))
     inside = (t >= 0) & (t < n_cols)
-    z_t = tl.load(z_row + t, mask=inside, other=0.0).to(tl.float32) * inv_temp
-    tl.store(tgt_ptr + row, tl.where(inside, z_t, float("-inf")))
+    z_t = tl.load(z_row + t, mask=inside, other=0.0).to(tl.float32)
+    if SOFTCAP:
+        z_t = softcap * _tanh(z_t / softcap)
+    tl.store(tgt_ptr + row, tl.where(inside, z_t * inv_temp, float("-inf")))
     if WANT_ENTROPY:
         tl.store(mean_z_ptr + row, w / s)
 
@@ -64,10 +74,10 @@ def _tile_stats_kernel(
 @triton.jit
 def _tile_grad_kernel(
     z_ptr, z_row_stride, out_ptr, out_row_stride, t_ptr, lse_ptr, coef_ptr,
-    n_cols, inv_temp,
-    BLOCK: tl.constexpr,
+    n_cols, inv_temp, softcap,
+    SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """out[r, j] = coef[r] · (1[j == t_r] − exp(z[r, j] / T − lse[r])); out may alias z."""
+    """out[r, j] = coef[r] · (1[j == t_r] − exp(cap(z[r, j]) / T − lse[r])) · cap'(z[r, j]); out may alias z."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * z_row_stride
     out_row = out_ptr + row * out_row_stride
@@ -77,9 +87,14 @@ def _tile_grad_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_temp
-        p = tl.exp(z - lse)
-        g = c * (tl.where(cols == t, 1.0, 0.0) - p)
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            th = _tanh(z / softcap)
+            p = tl.exp(softcap * th * inv_temp - lse)
+            g = c * (tl.where(cols == t, 1.0, 0.0) - p) * (1.0 - th * th)
+        else:
+            p = tl.exp(z * inv_temp - lse)
+            g = c * (tl.where(cols == t, 1.0, 0.0) - p)
         tl.store(out_row + cols, g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -105,6 +120,7 @@ def tile_stats(
     inv_temp: float,
     want_entropy: bool,
     work=None,
+    softcap: float = 0.0,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch ``_tile_stats_kernel``; same contract as ``torch_ops.tile_stats``.
@@ -122,8 +138,8 @@ def tile_stats(
     if n > 0:
         block, warps = _block(v)
         _tile_stats_kernel[(n,)](
-            tile, tile.stride(0), t, lse_n, tgt_n, mean_z_n, v, float(inv_temp),
-            WANT_ENTROPY=want_entropy, BLOCK=block, num_warps=warps,
+            tile, tile.stride(0), t, lse_n, tgt_n, mean_z_n, v, float(inv_temp), float(softcap or 1.0),
+            WANT_ENTROPY=want_entropy, SOFTCAP=bool(softcap), BLOCK=block, num_warps=warps,
         )
     return lse_n, tgt_n, (mean_z_n if want_entropy else None)
 
@@ -137,6 +153,7 @@ def tile_grad(
     inv_temp: float,
     out_nv: torch.Tensor,
     work=None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Launch ``_tile_grad_kernel``; same contract as ``torch_ops.tile_grad``.
 
@@ -152,8 +169,8 @@ def tile_grad(
         block, warps = _block(v)
         _tile_grad_kernel[(n,)](
             tile, tile.stride(0), out, out.stride(0), t_local_n.contiguous(),
-            lse_n.contiguous(), coef_n.contiguous(), v, float(inv_temp),
-            BLOCK=block, num_warps=warps,
+            lse_n.contiguous(), coef_n.contiguous(), v, float(inv_temp), float(softcap or 1.0),
+            SOFTCAP=bool(softcap), BLOCK=block, num_warps=warps,
         )
     if out is not out_nv:
         out_nv.copy_(out)

@@ -8,6 +8,7 @@ B = sequences in a micro-batch, T = completion tokens.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -28,8 +29,9 @@ def group_advantages(
     where ``std`` is the unbiased (Bessel) standard deviation of the group (``scale="group"``) or of
     all finite rewards in the batch (``scale="batch"``; the mean stays per group), and ``scale="none"`` gives ``r_i - mean_g``
     (Dr. GRPO). NaN rewards mean "unscored": they are left out of every statistic and get A = 0.
-    A group with fewer than two finite rewards gets A = 0, and a zero-variance group gives exactly
-    0 (its numerator is exactly 0). Returns ``[N]`` float32.
+    A group with fewer than two finite rewards gets A = 0, and a group whose finite rewards are all
+    equal gets exactly 0 (statistics in float64, plus an explicit max == min rule: a float32 mean
+    of eight rewards of 0.7 is not exactly 0.7). Returns ``[N]`` float32.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
@@ -37,7 +39,9 @@ def group_advantages(
         raise ValueError(f"N={rewards.numel()} rewards do not split into groups of {group_size}")
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    r_GS = rewards.detach().float().view(-1, group_size)  # [groups, G]
+    # float64 statistics: a float32 mean of G equal rewards is inexact, and (r − mean)/(std + eps)
+    # would magnify the residue into a same-signed push on every member of a no-signal group
+    r_GS = rewards.detach().double().view(-1, group_size)  # [groups, G]
     valid_GS = torch.isfinite(r_GS)
     n_G = valid_GS.sum(dim=1, keepdim=True)  # finite rewards per group
     r0_GS = torch.where(valid_GS, r_GS, torch.zeros_like(r_GS))
@@ -52,8 +56,12 @@ def group_advantages(
         adv_GS = centred_GS / (std + eps)
     else:
         adv_GS = centred_GS
-    adv_GS = torch.where(valid_GS & (n_G >= 2), adv_GS, torch.zeros_like(adv_GS))
-    return adv_GS.reshape(-1)
+    # exactly 0 where the group's finite rewards are all equal (max == min), whatever the rounding
+    hi_G = torch.where(valid_GS, r_GS, torch.full_like(r_GS, -math.inf)).amax(dim=1, keepdim=True)
+    lo_G = torch.where(valid_GS, r_GS, torch.full_like(r_GS, math.inf)).amin(dim=1, keepdim=True)
+    signal_G = (n_G >= 2) & (hi_G > lo_G)
+    adv_GS = torch.where(valid_GS & signal_G, adv_GS, torch.zeros_like(adv_GS))
+    return adv_GS.reshape(-1).float()
 
 
 def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
@@ -66,18 +74,26 @@ def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
     return flat.float().mean().item()
 
 
+K3_LOG_RATIO_CLAMP = 20.0
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL").
 
     With d = logp − ref_logp:  k1 = d;  k2 = ½ d²;  k3 = exp(−d) − (−d) − 1 = exp(ref − logp) − (ref − logp) − 1.
     k3 is unbiased and never negative. Shapes broadcast; returns the broadcast shape.
+
+    k3's log-ratio ref − logp is clamped to ±:data:`K3_LOG_RATIO_CLAMP` (20, as verl does): past
+    it exp overflows fp32 (at 88) and one inf token would skip the whole step; a clamped token
+    keeps a finite penalty and pushes no KL gradient. k1 as a *loss term* has zero expected
+    gradient (E_π[∇ log π] = 0): it only measures KL; use k2 or k3 to penalise it (the config warns).
     """
     if estimator == "k1":
         return logp - ref_logp
     if estimator == "k2":
         return 0.5 * (logp - ref_logp).pow(2)
     if estimator == "k3":
-        log_ratio = ref_logp - logp
+        log_ratio = (ref_logp - logp).clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
         return torch.exp(log_ratio) - log_ratio - 1.0
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1', 'k2' or 'k3'")
 

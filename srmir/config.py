@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -31,7 +32,8 @@ class ModelConfig:
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Compute dtype. With DeepSpeed bf16 the master weights stay fp32 (updates at lr≈1e-6 survive)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """Attention kernel; ``auto`` takes flash_attention_2 when flash-attn is installed on CUDA, else sdpa."""
+    """Attention kernel; ``auto`` takes flash_attention_2 when flash-attn is installed on CUDA, else the
+    family's transformers default (sdpa where supported; eager for Gemma-2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     trust_remote_code: bool = False
@@ -392,6 +394,10 @@ def validate(cfg: Config) -> None:
     _check(g.eps_high >= 0, "grpo.eps_high", "must be >= 0")
     _check(g.dual_clip is None or g.dual_clip > 1, "grpo.dual_clip", "must be > 1 or null")
     _check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
+    if g.kl_estimator == "k1" and g.beta > 0:
+        warnings.warn("grpo.kl_estimator k1 as a loss term has zero expected gradient (E[∇ log π] = 0): it "
+                      "reports the KL but does not pull toward the reference; use k3 (default) or k2", UserWarning,
+                      stacklevel=2)
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
     _check(r.temperature > 0, "rollout.temperature", "must be > 0")

@@ -59,6 +59,17 @@ def test_zero_variance_group_is_exactly_zero():
     assert zero_variance_fraction(torch.tensor([5.0, 5.0, 5.0, 1.0, 2.0, 3.0]), 3) == 0.5
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("value,g", [(0.7, 8), (17.1, 12), (-3.3, 5)])
+def test_equal_rewards_give_exactly_zero_in_every_scale_mode(value, g, scale):
+    # float32 means of these groups are inexact (0.7 × 8 / 8 ≠ 0.7 in float32 arithmetic):
+    # before the fix A was 6.0e-4 (G=8, 0.7) and 1.9e-2 (G=12, 17.1), all of one sign
+    rewards = torch.cat([torch.full((g,), value), torch.arange(g, dtype=torch.float32)])  # + a group with signal
+    adv = group_advantages(rewards, g, scale=scale)
+    assert torch.equal(adv[:g], torch.zeros(g))
+    assert adv[g:].abs().sum() > 0
+
+
 def test_nan_rewards_are_unscored():
     # [1, nan, 3]: the NaN is left out -> mean 2, std sqrt(((-1)² + 1²) / 1) = sqrt(2); NaN gets 0
     adv = group_advantages(torch.tensor([1.0, NAN, 3.0]), 3, eps=0.0)
@@ -76,6 +87,11 @@ def test_batch_scale_ignores_nan():
     adv = group_advantages(torch.tensor([0.0, 2.0, NAN, 10.0, 14.0, NAN]), 3, scale="batch", eps=0.0)
     s = math.sqrt(131 / 3)
     close(adv, [-1 / s, 1 / s, 0.0, -2 / s, 2 / s, 0.0])
+
+
+def test_equal_finite_rewards_beside_nan_are_zero():
+    adv = group_advantages(torch.tensor([0.7, NAN, 0.7, 0.7]), 4)
+    assert torch.equal(adv, torch.zeros(4))
 
 
 def test_group_advantages_rejects_bad_shapes():
@@ -147,6 +163,19 @@ def test_k3_is_nonnegative_and_has_zero_gradient_at_reference():
     logp = torch.zeros(3, requires_grad=True)
     kl_penalty(logp, torch.zeros(3), "k3").sum().backward()
     assert torch.equal(logp.grad, torch.zeros(3))
+
+
+def test_k3_log_ratio_is_clamped_so_a_far_token_stays_finite():
+    # ref − logp = 100: exp(100) is inf in float32; clamped at 20 the penalty is exp(20) − 20 − 1
+    logp = torch.tensor([-110.0, -1.0], requires_grad=True)
+    ref = torch.tensor([-10.0, -1.5])
+    kl = kl_penalty(logp, ref, "k3")
+    assert torch.isfinite(kl).all()
+    close(kl[0], math.exp(20) - 21, tol=1e-3)
+    kl.sum().backward()
+    assert logp.grad[0].item() == 0.0  # past the clamp the token pushes no KL gradient
+    # within the clamp: d/dlogp [exp(ref−logp) − (ref−logp) − 1] = 1 − exp(ref − logp) = 1 − e^{-0.5}
+    close(logp.grad[1], 1 - math.exp(-0.5))
 
 
 # ------------------------------------------------------------------------- clipped_policy_loss

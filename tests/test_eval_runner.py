@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from srmir.cli import main
-from srmir.eval.generate import GenerationSettings, JsonlCache, LazyPolicy, format_prompt, generate_answers, \
+from srmir.runtime import PromptEncoder
+from srmir.eval.generate import GenerationSettings, JsonlCache, LazyPolicy, generate_answers, \
     reference_logprobs
 from srmir.eval.runner import policy_metrics, run_eval
 
@@ -101,8 +102,7 @@ def test_reference_logprob_matches_a_plain_forward(policies, tmp_path):
     got = reference_logprobs(pol, reqs, settings, JsonlCache(tmp_path / "r.jsonl"), batch_size=3, progress=False)
     model, tok = pol.get()
     for rec, p, r in zip(got, PROMPTS, refs):
-        text, special = format_prompt(tok, p, True)
-        prompt_ids = tok(text, add_special_tokens=special)["input_ids"]
+        prompt_ids = PromptEncoder(tok, True).ids(p)
         ref_ids = tok(r, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + ref_ids])
         with torch.no_grad():

@@ -286,6 +286,56 @@ def test_gathered_lm_head_without_zero3_is_identity():
         assert w is no_bias.weight and b is None
 
 
+# ---------------------------------------------------------------- soft-capped logits (Gemma-2/3)
+
+
+def _capped(x64, cap):
+    return cap * torch.tanh(x64 / cap)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_softcap_matches_fp64(backend):
+    """log softmax(cap·tanh(x/cap) / T) and its gradient through the tanh, with a cap (5) small
+    enough that many logits (|x| up to ~12) are squashed hard."""
+    gen = torch.Generator().manual_seed(7)
+    logits = (torch.randn(3, 333, generator=gen) * 4).requires_grad_()
+    targets = _targets((3,), 333, gen)
+    upstream = torch.randn(3, generator=gen, dtype=torch.float64)
+    logp, ent = K.selective_logprobs(logits, targets, T, backend, return_entropy=True, softcap=5.0)
+    (logp * upstream).sum().backward()
+    l64 = logits.detach().double().requires_grad_()
+    ref_logp, ref_ent = _ref_logprobs(_capped(l64, 5.0), targets, T)
+    (ref_logp * upstream).sum().backward()
+    torch.testing.assert_close(logp.double(), ref_logp, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=2e-4, rtol=0)
+    _assert_grad_close(logits.grad, l64.grad, 2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_softcap_matches_fp64(backend, dtype):
+    hidden, weight, b, targets, upstream = _fused_case(dtype, n_shape=(5,), v=301, seed=3)
+    hidden = hidden * 3  # logits of several units: the cap bends them
+    leaves64 = [x.double().requires_grad_() for x in (hidden, weight, b)]
+    h64, w64, b64 = leaves64
+    ref_logp, ref_ent = _ref_logprobs(_capped(h64 @ w64.t() + b64, 4.0), targets, T)
+    (ref_logp * upstream).sum().backward()
+    leaves = [x.clone().requires_grad_() for x in (hidden, weight, b)]
+    logp, ent = K.fused_linear_logprobs(leaves[0], leaves[1], targets, T, bias=leaves[2], backend=backend,
+                                        return_entropy=True, chunk_tokens=2, chunk_vocab=100, softcap=4.0)
+    (logp * upstream.float()).sum().backward()
+    tol = TOL[dtype]
+    torch.testing.assert_close(logp.double(), ref_logp, atol=tol["fused_logp"], rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=tol["fused_logp"] * 2, rtol=0)
+    for leaf, ref in zip(leaves, leaves64):
+        _assert_grad_close(leaf.grad, ref.grad, tol["fused_grad"])
+
+
+def test_softcap_argument_is_checked():
+    with pytest.raises(ValueError, match="softcap"):
+        K.selective_logprobs(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), softcap=0.0)
+
+
 # ---------------------------------------------------------------- DeepSpeed ZeRO-3 (CPU, gloo)
 
 _ZERO3_SCRIPT = textwrap.dedent("""

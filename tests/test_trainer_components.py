@@ -12,8 +12,8 @@ from srmir.errors import UserError
 from srmir.trainer import build, checkpoint, ds_config
 from srmir.trainer.logprobs import completion_logprobs, logprob_inputs, position_ids, shared_prompt_inputs, standard_inputs
 from srmir.trainer.metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
-from srmir.trainer.rollout import (completion_mask, format_prompts, generate, prompt_runs, sample_completions,
-                                   sample_tokens, tokenize_prompts)
+from srmir.runtime import PromptEncoder
+from srmir.trainer.rollout import completion_mask, generate, prompt_runs, sample_completions, sample_tokens
 
 from test_trainer_common import ROOT, make_policy
 
@@ -75,13 +75,14 @@ def test_prompts_are_chat_formatted_left_padded_and_left_truncated(tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(make_policy(tmp_path))
-    texts = format_prompts(tok, ["tell me", "tell me about your home address"])
-    assert texts[0] == "<|user|> tell me <|assistant|>"
-    ids, mask = tokenize_prompts(tok, texts, max_prompt_length=6, device="cpu")
+    enc = PromptEncoder(tok, use_chat_template=True, max_prompt_length=6)
+    assert enc.text("tell me") == "<|user|> tell me <|assistant|>"
+    ids, mask = enc.batch(["tell me", "tell me about your home address"])
     assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
-    # the long prompt lost its start, not the assistant tag the model must continue from
-    assert tok.decode(ids[1]) == "me about your home address <|assistant|>"
-    assert format_prompts(tok, ["x"], use_chat_template=False) == ["x"]
+    # the long prompt lost the start of the request, not the template around it
+    assert tok.decode(ids[1]) == "<|user|> about your home address <|assistant|>"
+    assert enc.truncated == 1
+    assert PromptEncoder(tok, use_chat_template=False).text("x") == "x"
 
 
 def test_generate_returns_masked_completions(tmp_path):
@@ -90,8 +91,8 @@ def test_generate_returns_masked_completions(tmp_path):
     folder = make_policy(tmp_path)
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
     torch.manual_seed(0)
-    out = generate(model, tok, format_prompts(tok, ["tell me", "why"] * 4), max_new_tokens=5, temperature=1.0,
-                   top_p=1.0, top_k=0, max_prompt_length=32, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    out = generate(model, PromptEncoder(tok, max_prompt_length=32), ["tell me", "why"] * 4, max_new_tokens=5,
+                   temperature=1.0, top_p=1.0, top_k=0, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
     assert out.completion_ids_BC.shape[0] == 8 and out.completion_ids_BC.shape[1] <= 5
     lengths = out.completion_mask_BC.sum(1)
     ended = (out.completion_ids_BC == tok.eos_token_id).any(1)
@@ -272,8 +273,8 @@ def test_greedy_decoding_with_shared_prefill_equals_hf_generate(tmp_path):
 
     folder = make_policy(tmp_path)
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
-    texts, counts = prompt_runs(format_prompts(tok, ["tell me", "tell me", "why is my home address private"]))
-    ids_UP, mask_UP = tokenize_prompts(tok, texts, 32, "cpu")
+    texts, counts = prompt_runs(["tell me", "tell me", "why is my home address private"])
+    ids_UP, mask_UP = PromptEncoder(tok, max_prompt_length=32).batch(texts)
     repeats = torch.tensor(counts)
     ours = sample_completions(model, ids_UP, mask_UP, repeats, max_new_tokens=6, temperature=0.0, top_p=1.0, top_k=0,
                               eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
@@ -294,9 +295,8 @@ def test_sampled_tokens_have_the_logprobs_a_full_forward_gives_them(tmp_path, mo
 
     folder = make_policy(tmp_path)
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
-    texts, counts = prompt_runs(format_prompts(tok, ["tell me", "tell me", "tell me", "why is my home address private",
-                                                     "why", "why"]))
-    ids_UP, mask_UP = tokenize_prompts(tok, texts, 32, "cpu")
+    texts, counts = prompt_runs(["tell me", "tell me", "tell me", "why is my home address private", "why", "why"])
+    ids_UP, mask_UP = PromptEncoder(tok, max_prompt_length=32).batch(texts)
     repeats = torch.tensor(counts)
     steps = []
     real_sample = rollout.sample_tokens

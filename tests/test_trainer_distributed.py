@@ -91,9 +91,9 @@ def _uneven_generation(argv: list[str]) -> None:
     """Rank r generates up to 2 + 8r tokens on the ZeRO-3 policy (every weight a shard). A rollout
     that gathered layer by layer would leave rank 1 waiting in gathers rank 0 never joins."""
     from srmir.config import load_config
-    from srmir.trainer import dist
+    from srmir.runtime import dist
     from srmir.trainer.recipe import GRPORecipe
-    from srmir.trainer.rollout import format_prompts, gathered_for_generation, generate
+    from srmir.trainer.rollout import gathered_for_generation, generate
     from test_trainer_common import SyntheticReward
 
     overrides = [a for a in argv[2:] if "=" in a]
@@ -102,16 +102,16 @@ def _uneven_generation(argv: list[str]) -> None:
     recipe.setup()
     assert all(p.numel() == 0 for p in recipe.engine.module.parameters())
     with gathered_for_generation(recipe.engine, recipe.zero_stage) as model:
-        rollout = generate(model, recipe.tokenizer, format_prompts(recipe.tokenizer, ["tell me"] * 4),
-                           max_new_tokens=2 + 8 * dist.rank(), temperature=1.0, top_p=1.0, top_k=0,
-                           max_prompt_length=32, eos_ids=recipe.eos_ids, pad_id=recipe.pad_id)
+        rollout = generate(model, recipe.encoder, ["tell me"] * 4, max_new_tokens=2 + 8 * dist.rank(),
+                           temperature=1.0, top_p=1.0, top_k=0, eos_ids=recipe.eos_ids, pad_id=recipe.pad_id)
     (out.parent / f"width-{dist.rank()}.txt").write_text(str(rollout.completion_ids_BC.shape[1]))
     recipe.metrics.close()
     dist.barrier()
 
 
 if __name__ == "__main__":
-    from srmir.trainer import dist, main
+    from srmir.runtime import dist
+    from srmir.trainer import main
 
     dist.init()
     _uneven_generation(sys.argv[1:])

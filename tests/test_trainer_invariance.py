@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from srmir.config import load_config
-from srmir.trainer import dist
+from srmir.runtime import dist
 from srmir.trainer.recipe import GRPORecipe, StepBatch
 from srmir.trainer.rollout import Rollout
 

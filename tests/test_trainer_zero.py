@@ -212,13 +212,16 @@ def test_non_finite_loss_skips_the_update_without_touching_weights(files, tmp_pa
                 for n, p in recipe.engine.module.named_parameters()}
 
     m1 = recipe.step(1)
-    before = params()
+    before, schedule_before = params(), recipe.engine.lr_scheduler.last_epoch
     with pytest.warns(RuntimeWarning, match="a non-finite loss"):
         m2 = recipe.step(2)
     after = params()
     assert all(torch.equal(before[n], after[n]) for n in before)  # the update was dropped whole
     assert m1["skipped"] == 0 and m2["skipped"] == 1
-    assert recipe.engine.skipped_steps == (0 if stage == 0 else 1)  # fp32 ZeRO-0: gradients dropped instead
+    assert m2["updates/applied"] == 0 and m2["updates/skipped"] == 1
+    # every path (fp32 ZeRO-0 through our AdamW's overflow flag too) counts the skip and holds the schedule
+    assert recipe.engine.skipped_steps == 1
+    assert recipe.engine.lr_scheduler.last_epoch == schedule_before
     recipe.step(3)  # and training continues with finite gradients
     assert any(not torch.equal(after[n], p) for n, p in params().items())
     recipe.metrics.close()
@@ -244,3 +247,55 @@ def test_bf16_keeps_fp32_master_weights_so_tiny_updates_survive(files, tmp_path)
     assert moved > 0.9 and (master1 - master0).abs().max().item() < 3e-6
     assert (param.detach() != bf16_0).float().mean().item() < 0.2  # the bf16 copy mostly rounds back
     recipe.metrics.close()
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_recomputes_and_saves_activation_memory(tmp_path):
+    """With model.gradient_checkpointing the policy engine trains in train mode (dropout off), its
+    layers run again in backward, and the activations kept for backward shrink to the layer inputs.
+    Measured as the bytes autograd saves during the policy's log-prob forward, on a model (4 layers,
+    hidden 128, 64-token completions) where activations dominate."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from test_trainer_common import make_tokenizer, write_prompts, write_taxonomy
+
+    folder = tmp_path / "policy"
+    tok = make_tokenizer(folder)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         attention_dropout=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    files = {"policy": folder, "taxonomy": write_taxonomy(tmp_path / "tax.yaml"),
+             "prompts": write_prompts(tmp_path / "prompts.jsonl")}
+    saved, calls = {}, {}
+    for ckpt in (False, True):
+        cfg = tiny_config(files, tmp_path / f"out{ckpt}", model__gradient_checkpointing=ckpt,
+                          rollout__max_new_tokens=64, train__share_prompt=False)
+        recipe = GRPORecipe(cfg, reward_fn=SyntheticReward())
+        recipe.setup()
+        module = recipe.engine.module
+        assert module.training and module.model.layers[0].self_attn.attention_dropout == 0.0  # dropout off
+        torch.manual_seed(1)
+        rollout = recipe._generate(["tell me about my home"] * 4)
+        inputs = recipe._logprob_inputs(rollout)
+        nbytes, n_calls = [0], [0]
+        # transformers checkpoints a layer's forward, not its __call__: count a submodule's calls
+        hook = module.model.layers[0].mlp.register_forward_pre_hook(lambda m, a: n_calls.__setitem__(0, n_calls[0] + 1))
+
+        def pack(t):
+            nbytes[0] += t.numel() * t.element_size()
+            return t
+
+        from srmir.trainer.logprobs import completion_logprobs
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logp, _ = completion_logprobs(recipe.engine, recipe.lm_head, inputs, 1.0, "torch", transform=recipe.transform)
+        logp.sum().backward()
+        hook.remove()
+        saved[ckpt], calls[ckpt] = nbytes[0], n_calls[0]
+        recipe.engine.zero_grad()
+        recipe.metrics.close()
+    assert calls == {False: 1, True: 2}  # layer 0's MLP: forward, plus the recomputation in backward
+    assert saved[True] < 0.5 * saved[False], saved

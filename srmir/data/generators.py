@@ -222,21 +222,19 @@ class LocalHFGenerator(Generator):
     def __init__(self, model: str = "embedded:smollm2", device: str | None = None, batch_size: int = 8,
                  dtype: str = "auto", constrain: bool = True):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..models import resolve_model
+        from ..runtime import load_for_inference
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # bf16 is fast only on CPUs with native bf16 (AVX512-BF16, AMX) and very slow elsewhere:
         # fp32 on CPU unless dtype="bf16" opts in (measured here: 2x faster prefill with AVX512-BF16)
-        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
-                       "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-        path = resolve_model(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if dtype == "auto":
+            dtype = "bf16" if self.device.startswith("cuda") else "fp32"
+        # the runtime's loader: pad fallback and the EOS set exactly as in training and eval
+        lm = load_for_inference(resolve_model(model), dtype, where="data.generator_model", device=self.device)
+        self.tokenizer, self.model, self.eos_ids = lm.tokenizer, lm.model, lm.eos_ids
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
         self.batch_size, self.constrain = batch_size, constrain
 
     def generate(self, conversations, max_new_tokens, temperature=0.0, seed=None, draft_format=None):
@@ -260,13 +258,13 @@ class LocalHFGenerator(Generator):
         texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
-        eos_cfg = getattr(self.model.generation_config, "eos_token_id", None)
-        eos = {tok.eos_token_id} | set(eos_cfg if isinstance(eos_cfg, list) else [eos_cfg] if eos_cfg is not None else [])
+        eos = set(self.eos_ids)
         prompt_len = enc["input_ids"].shape[1]
         if fmt is not None:
             sampling["logits_processor"] = LogitsProcessorList([DraftFormatProcessor(tok, prompt_len, fmt, eos)])
         with torch.no_grad():
-            out_BL = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling)
+            out_BL = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=self.eos_ids, **sampling)
         new_BT = out_BL[:, prompt_len:]
         results = []
         for row in new_BT.tolist():

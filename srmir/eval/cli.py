@@ -16,6 +16,7 @@ def eval_kwargs(cfg: Config) -> dict:
                 max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, limit=e.limit,
                 jailbreak_prompts=e.jailbreak_prompts, seed=e.seed, temperature=e.temperature,
                 use_chat_template=cfg.rollout.use_chat_template, dtype=cfg.model.dtype,
+                max_prompt_length=d.max_prompt_length,
                 harmful_columns=e.harmful_columns, harmful_category=e.harmful_category,
                 benign_columns=e.benign_columns, heldout_from=d.train_file,
                 split=(d.val_fraction, d.test_fraction, d.seed), taxonomy=d.taxonomy,

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..io import read_jsonl, write_jsonl_atomic
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 REFERENCE = "@reference"  # template name of the reference log-likelihood records
 
 
@@ -42,6 +41,7 @@ class GenerationSettings:
     seed: int = 0
     use_chat_template: bool = True
     dtype: str = "bf16"
+    max_prompt_length: int = 256  # tokens; longer prompts lose their start, as in training
 
     def fingerprint(self, model_path: str) -> str:
         """12 hex digits identifying these settings and the policy's weights."""
@@ -90,43 +90,38 @@ class JsonlCache:
 
 
 class LazyPolicy:
-    """A policy loaded on first use, so a fully cached evaluation never loads the model."""
+    """A policy loaded on first use, so a fully cached evaluation never loads the model. Loading,
+    the pad fallback and the EOS set are the runtime's (``srmir.runtime``), as in training."""
 
     def __init__(self, path: str, dtype: str = "bf16", trust_remote_code: bool = False):
         self.path, self.dtype, self.trust_remote_code = path, dtype, trust_remote_code
-        self._model = self._tokenizer = None
+        self._loaded = None
         self.loads = 0
 
     def get(self):
         """(model, tokenizer) in eval mode; the tokenizer pads on the left."""
-        if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+        return self.loaded().model, self.loaded().tokenizer
 
-            try:
-                tok = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
-                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[self.dtype],
-                                                             trust_remote_code=self.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot load the policy: {str(e).splitlines()[0]}", where=self.path) from None
-            tok.padding_side = "left"
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            self._model, self._tokenizer = model.eval(), tok
+    def loaded(self):
+        """The runtime's :class:`~srmir.runtime.CausalLM` (model, tokenizer, EOS set, pad id)."""
+        if self._loaded is None:
+            from ..runtime import load_for_inference
+
+            self._loaded = load_for_inference(self.path, self.dtype, "auto", self.trust_remote_code, where=self.path)
+            self._loaded.tokenizer.padding_side = "left"
             self.loads += 1
-        return self._model, self._tokenizer
+        return self._loaded
 
     def close(self) -> None:
-        self._model = self._tokenizer = None
+        self._loaded = None
         gc.collect()
 
 
-def format_prompt(tok, text: str, use_chat_template: bool) -> tuple[str, bool]:
-    """(model input, add_special_tokens): the chat template wraps one user turn when the tokenizer
-    has one (it already holds BOS and role markers); otherwise the raw text with special tokens."""
-    if use_chat_template and getattr(tok, "chat_template", None):
-        chat = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-        return chat, False
-    return text, True
+def prompt_encoder(tok, settings: "GenerationSettings"):
+    """The runtime's prompt encoder with these settings (the trainer builds the same one)."""
+    from ..runtime import PromptEncoder
+
+    return PromptEncoder(tok, settings.use_chat_template, settings.max_prompt_length, where="eval.max_prompt_length")
 
 
 def _cached_map(cache: JsonlCache, requests: list[dict], compute: Callable[[list[dict]], list[dict]],
@@ -158,26 +153,27 @@ def generate_answers(policy: LazyPolicy, requests: list[dict], settings: Generat
 
 @torch.no_grad()
 def _generate_batch(policy: LazyPolicy, batch: list[dict], settings: GenerationSettings) -> list[dict]:
-    model, tok = policy.get()
-    formatted = [format_prompt(tok, r["text"], settings.use_chat_template) for r in batch]
-    enc = tok([f for f, _ in formatted], return_tensors="pt", padding=True, add_special_tokens=formatted[0][1],
-              return_token_type_ids=False)
+    lm = policy.loaded()
+    model, tok = lm.model, lm.tokenizer
+    encoder = prompt_encoder(tok, settings)
+    rows, cut = encoder.encode([r["text"] for r in batch])
+    ids_BP, mask_BP = encoder.pad(rows, pad_id=lm.pad_id)
     sample = settings.temperature > 0
     if sample:  # generate() has no generator argument: seed the global RNG from the batch's keys
         seed_text = f"{settings.seed}:" + ",".join(r["key"] for r in batch)
         torch.manual_seed(int(hashlib.sha1(seed_text.encode()).hexdigest()[:8], 16))
     gen_kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0) if sample \
         else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out_BT = model.generate(**enc, max_new_tokens=settings.max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
-    new_BT = out_BT[:, enc["input_ids"].shape[1]:]  # [B, T_new]: the answers, right-padded
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+    out_BT = model.generate(input_ids=ids_BP, attention_mask=mask_BP, max_new_tokens=settings.max_new_tokens,
+                            pad_token_id=lm.pad_id, eos_token_id=lm.eos_ids, **gen_kwargs)
+    new_BT = out_BT[:, ids_BP.shape[1]:]  # [B, T_new]: the answers, right-padded
+    eos_ids = set(lm.eos_ids)  # the runtime's EOS set: the answer ends where a rollout's would
     results = []
-    for row in new_BT.tolist():
+    for row, prompt_cut in zip(new_BT.tolist(), cut):
         ends = [i for i, t in enumerate(row) if t in eos_ids]
         n = ends[0] if ends else len(row)
         results.append({"response": tok.decode(row[:n], skip_special_tokens=True).strip(),
-                        "n_tokens": n, "truncated": not ends})
+                        "n_tokens": n, "truncated": not ends, "prompt_truncated": prompt_cut})
     return results
 
 
@@ -198,10 +194,10 @@ def _reference_batch(policy: LazyPolicy, batch: list[dict], settings: Generation
     from srmir_kernels import selective_logprobs
 
     model, tok = policy.get()
+    encoder = prompt_encoder(tok, settings)
     seqs, ref_lens = [], []
     for req in batch:
-        text, special = format_prompt(tok, req["prompt"], settings.use_chat_template)
-        prompt_ids = tok(text, add_special_tokens=special)["input_ids"]
+        prompt_ids = encoder.ids(req["prompt"])
         ref_ids = tok(req["reference"], add_special_tokens=False)["input_ids"]
         seqs.append(prompt_ids + ref_ids)
         ref_lens.append(len(ref_ids))

@@ -100,7 +100,8 @@ def collect_answers(policy: LazyPolicy, sets: EvalSets, settings: GenerationSett
     cache = JsonlCache(out_dir / "generations" / f"{slug(name)}.jsonl")
     reqs = build_requests(sets, fp)
     done = generate_answers(policy, reqs, settings, cache, batch_size, desc=f"{name}: answers", progress=progress)
-    rows = [{**req, **{k: rec[k] for k in ("response", "n_tokens", "truncated")}} for req, rec in zip(reqs, done)]
+    rows = [{**req, **{k: rec[k] for k in ("response", "n_tokens", "truncated")},
+             "prompt_truncated": bool(rec.get("prompt_truncated"))} for req, rec in zip(reqs, done)]
     ref_reqs = [{"set": "benign", "id": r["id"], "template": REFERENCE, "prompt": r["prompt"],
                  "reference": r["reference"], "text": r["prompt"] + "\n" + r["reference"],
                  "key": request_key("benign", r["id"], REFERENCE, fp, r["prompt"] + "\0" + r["reference"])}
@@ -266,7 +267,7 @@ def run_eval(policies: dict[str, str], out_dir, *, harmful=None, benign=None, ja
              judge_api_base: Optional[str] = None, judge_model: Optional[str] = None,
              judge_api_key_env: str = "OPENAI_API_KEY", judge_format: str = "prompt",
              rm_batch_size: int = 64, trust_remote_code: bool = False, plots: bool = True,
-             progress: bool = True) -> dict:
+             progress: bool = True, max_prompt_length: int = 256) -> dict:
     """Evaluate ``policies`` (display name → HF folder, hub id, ``embedded:smollm2`` or training run
     folder) and write ``results.json``, ``report.md`` and plots into ``out_dir``; returns the results.
 
@@ -286,7 +287,7 @@ def run_eval(policies: dict[str, str], out_dir, *, harmful=None, benign=None, ja
                                      judge_api_key_env=judge_api_key_env, judge_format=judge_format,
                                      rm_batch_size=rm_batch_size)
     judge_names = [j.name for j in judge_objs]
-    settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, use_chat_template, dtype)
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, use_chat_template, dtype, max_prompt_length)
     order = load_taxonomy(taxonomy).slugs
     results: dict = {"meta": {}, "policies": {}}
     timings = {}
@@ -299,7 +300,8 @@ def run_eval(policies: dict[str, str], out_dir, *, harmful=None, benign=None, ja
         judge_rows(rows, judge_objs, JsonlCache(out / "judgments" / f"{slug(name)}.jsonl"), progress=progress)
         results["policies"][name] = {"path": path, **policy_metrics(rows, judge_names, sets.jailbreak_ids, order, seed)}
         timings[name] = {"answers_s": round(t1 - t0, 1), "judges_s": round(time.time() - t1, 1),
-                         "model_loaded": policy.loads > 0, "answers": len(rows)}
+                         "model_loaded": policy.loads > 0, "answers": len(rows),
+                         "prompts_truncated": sum(r["prompt_truncated"] for r in rows)}
     results["meta"] = {
         "sets": sets.sources, "templates": [t["name"] for t in sets.templates], "judges": judge_names,
         "generation": asdict(settings), "batch_size": batch_size, "seed": seed, "rm_dir": str(rm_dir) if rm_dir else None,

@@ -31,13 +31,14 @@ _P, _R = "<<srmir-prompt>>", "<<srmir-response>>"
 
 def load_backbone(reference: str, where: str = "rewards.backbone"):
     """(model, tokenizer) of a backbone reference (hub id, local folder, ``embedded:minilm``), fp32."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     from ..models import resolve_model
+    from ..runtime import load_tokenizer
 
     path = resolve_model(reference)
+    tokenizer = load_tokenizer(path, where=where)  # the runtime's loader and pad fallback
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load reward-model backbone {reference!r}: {str(e).splitlines()[0]}", where=where) from None

@@ -52,15 +52,10 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def dist_info() -> tuple[int, int]:
-    """(rank, world size); initializes torch.distributed through DeepSpeed when launched with WORLD_SIZE > 1."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import deepspeed
-        import torch.distributed as dist
+    """(rank, world size); joins the process group when launched with WORLD_SIZE > 1."""
+    from ..runtime.dist import init_if_launched
 
-        if not dist.is_initialized():
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return init_if_launched()
 
 
 class _Stepper:
@@ -282,8 +277,9 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
     if out_dir is not None and rank == 0:
         bank.save_pretrained(out_dir)
         log(f"saved {len(order)} shadow reward models to {out_dir}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    from ..runtime.dist import barrier
+
+    barrier()
     return bank
 
 

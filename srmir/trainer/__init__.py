@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     except Stopped as e:
         print(f"srmir: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM: schedulers see a preempted job, not a finished one
-    from . import dist
+    from ..runtime import dist
 
     if dist.is_main():
         print(f"srmir: final policy saved to {policy}")

@@ -5,7 +5,6 @@ Each takes plain arguments (never the Config object), so each can be used and te
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import shutil
@@ -14,8 +13,9 @@ from typing import Optional
 
 import torch
 
+from .. import runtime
 from ..errors import UserError
-from . import dist
+from ..runtime import dist
 
 
 # --------------------------------------------------------------------------------- prompts
@@ -46,16 +46,7 @@ def prompt_pool(taxonomy, train_file: Optional[str], prompts_file: Optional[str]
 
 # ---------------------------------------------------------------------------------- models
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def attn_implementation(choice: str) -> str:
-    """``auto``: FlashAttention-2 when flash-attn is installed and CUDA is there, else SDPA."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+DTYPES = runtime.DTYPES
 
 
 @contextlib.contextmanager
@@ -76,24 +67,19 @@ def zero3_init(ds_config: dict):
         del keep_alive
 
 
-def load_causal_lm(path: str, dtype: str, attn: str, trust_remote_code: bool, where: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation(attn),
-                                                    trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}", where=where) from None
-
-
 class AdamW(torch.optim.AdamW):
     """torch AdamW that can be told to skip its next step. DeepSpeed skips non-finite updates
     itself for its ZeRO and bf16/fp16 optimizers; an fp32 ZeRO-0 engine steps this optimizer
-    directly, so the recipe sets ``skip_next`` there instead."""
+    directly, so the recipe sets ``skip_next`` there instead. ``overflow`` is what DeepSpeed's
+    engine reads after a step: a skipped step then counts in ``engine.skipped_steps`` and does
+    not advance the lr schedule — the same rule as on every other path (the schedule counts
+    applied updates)."""
 
     skip_next = False
+    overflow = False
 
     def step(self, closure=None):
+        self.overflow = self.skip_next
         if self.skip_next:
             self.skip_next = False
             return None
@@ -123,13 +109,18 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
     import deepspeed
 
     with zero3_init(ds_config):
-        model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.policy")
+        model = runtime.load_causal_lm(path, dtype, attn, trust_remote_code, where="model.policy")
+    # The engine trains in train mode (HF layers recompute only when self.training) with every
+    # dropout off, so μ > 1 compares updates, not dropout noise; rollout switches to eval itself.
+    runtime.disable_dropout(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)  # one kernel for all tensors (CPU and CUDA)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine.train()
     return engine
 
 
@@ -143,12 +134,12 @@ def reference_model(path: str, policy_ds: dict, device: torch.device, *, dtype: 
 
         ref_ds = reference_ds_config(policy_ds)
         with zero3_init(ref_ds):
-            model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
+            model = runtime.load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
         model.requires_grad_(False)
         engine, _, _, _ = deepspeed.initialize(model=model, config=ref_ds)
         engine.eval()
         return engine, engine.module.get_output_embeddings()
-    model = load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
+    model = runtime.load_causal_lm(path, dtype, attn, trust_remote_code, where="model.reference")
     model.requires_grad_(False)
     model.to(device).eval()
     return model, model.get_output_embeddings()

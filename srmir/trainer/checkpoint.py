@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..io import write_json_atomic
-from . import dist
+from ..runtime import dist
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 DS_TAG = "ds"

@@ -31,12 +31,14 @@ import torch
 
 import srmir_kernels
 
+from ..runtime.logits import LogitTransform, neutral_logits
 from .rollout import position_ids
 
 
 @contextlib.contextmanager
 def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int, targets_BC: torch.Tensor,
-               mask_BC: torch.Tensor, temperature: float, backend: str, with_entropy: bool, out: dict):
+               mask_BC: torch.Tensor, temperature: float, backend: str, with_entropy: bool, out: dict,
+               softcap: Optional[float] = None):
     """Within the block, ``lm_head(hidden)`` maps the model's hidden states (any ``[..., H]``) to the
     fp32 log-probs ``[B, C]`` of ``targets_BC``: row ``index_M[i]`` of the flattened hidden states
     predicts the i-th real completion token (``mask_BC`` == 1, row-major), and only those M rows
@@ -54,7 +56,7 @@ def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int
         with srmir_kernels.gathered_lm_head(lm_head) as (weight, bias):  # no-op inside the hooks
             result = srmir_kernels.fused_linear_logprobs(
                 hidden_MH, weight, targets_BC[keep_BC], temperature=temperature, bias=bias, backend=backend,
-                return_entropy=with_entropy)
+                return_entropy=with_entropy, softcap=softcap)
         logp_M, entropy_M = result if with_entropy else (result, None)
         zeros_BC = torch.zeros(keep_BC.shape, dtype=torch.float32, device=keep_BC.device)
         if entropy_M is not None:
@@ -206,16 +208,22 @@ def completion_logprobs(
     temperature: float = 1.0,
     backend: str = "auto",
     with_entropy: bool = False,
+    transform: LogitTransform = LogitTransform(),
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(logp_BC, entropy_BC or None): log π(c_t | prompt, c_<t) under softmax(logits / temperature)
     where the completion mask is 1, and 0 at the padding columns.
 
     ``model`` is what runs the forward (a DeepSpeed engine or the HF model itself) and ``lm_head``
-    the head module inside it. Differentiable when called with grad enabled; entropy never is.
+    the head module inside it. ``transform`` is the model's own post-head logit transform
+    (``srmir.runtime.logits``): switched off in the model for this pass and applied by the kernel
+    (a scale through the temperature, a soft-cap as an argument), so the log-probs are those of the
+    logits the model samples from. Differentiable when called with grad enabled; entropy never is.
     """
     out: dict = {}
-    with fused_head(lm_head, inputs.index_M, inputs.hidden_rows, inputs.completion_ids_BC, inputs.completion_mask_BC,
-                    temperature, backend, with_entropy, out):
+    neutral = neutral_logits(model) if not transform.identity else contextlib.nullcontext()
+    with neutral, fused_head(lm_head, inputs.index_M, inputs.hidden_rows, inputs.completion_ids_BC,
+                             inputs.completion_mask_BC, transform.temperature(temperature), backend, with_entropy,
+                             out, softcap=transform.softcap):
         result = model(**inputs.model_kwargs, use_cache=False)
     logp_BC = result.logits
     if logp_BC.shape != inputs.completion_ids_BC.shape:

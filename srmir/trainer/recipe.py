@@ -31,16 +31,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import algos
+from .. import algos, runtime
 from ..config import Config
 from ..errors import UserError
 from ..models import resolve_model
 from ..taxonomy import load_taxonomy
-from . import build, checkpoint, dist
+from ..runtime import dist
+from ..runtime.logits import logit_transform
+from ..runtime.logits import verify as verify_logits
+from . import build, checkpoint
 from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
 from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, packing_supported
 from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
-from .rollout import Rollout, eos_token_ids, format_prompts, gathered_for_generation, generate
+from .rollout import Rollout, gathered_for_generation, generate
 from .sampler import BalancedPromptSampler
 from ..rewards.combine import bank_heads, score_heads
 
@@ -104,16 +107,21 @@ class GRPORecipe:
         return pool
 
     def _setup_models(self) -> None:
-        """Tokenizer, the DeepSpeed config with its "auto" fields filled, the policy engine, and the
-        frozen reference (only when β > 0)."""
-        from transformers import AutoConfig, AutoTokenizer
-
+        """Tokenizer, EOS set and prompt encoder (the runtime's, as in eval), the DeepSpeed config
+        with its "auto" fields filled, the policy engine, and the frozen reference (only when β > 0);
+        each model's post-head logit transform is read and verified."""
         m, t = self.cfg.model, self.cfg.train
         policy_path = resolve_model(m.policy)
-        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=m.trust_remote_code)
-        model_config = AutoConfig.from_pretrained(policy_path, trust_remote_code=m.trust_remote_code)
-        self.eos_ids = eos_token_ids(self.tokenizer, model_config)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.tokenizer = runtime.load_tokenizer(policy_path, m.trust_remote_code, where="model.policy")
+        model_config = _model_config(policy_path, m.trust_remote_code)
+        try:
+            self.eos_ids = runtime.eos_token_ids(self.tokenizer, model_config,
+                                                 runtime.load_generation_config(policy_path, m.trust_remote_code))
+        except ValueError as e:
+            raise UserError(str(e), where="model.policy") from None
+        self.pad_id = self.tokenizer.pad_token_id
+        self.encoder = runtime.PromptEncoder(self.tokenizer, self.cfg.rollout.use_chat_template,
+                                             self.cfg.data.max_prompt_length)
 
         raw_ds = load_ds_config(t.deepspeed) if t.deepspeed else default_ds_config(t.zero_stage, t.offload)
         self.ds_config = fill_ds_config(
@@ -127,11 +135,15 @@ class GRPORecipe:
             lr=t.lr, weight_decay=t.weight_decay, schedule=t.lr_schedule,
             total_steps=t.steps * self.cfg.grpo.num_iterations, warmup_steps=t.warmup_steps)
         self.lm_head = self.engine.module.get_output_embeddings()
-        self.ref, self.ref_head = None, None
+        self.transform = logit_transform(self.engine.module)
+        verify_logits(self.engine, self.lm_head, self.transform, self.device, where="model.policy")
+        self.ref, self.ref_head, self.ref_transform = None, None, None
         if self.cfg.grpo.beta > 0:
             self.ref, self.ref_head = build.reference_model(
                 resolve_model(m.reference or m.policy), self.ds_config, self.device, dtype=m.dtype,
                 attn=m.attn_implementation, trust_remote_code=m.trust_remote_code)
+            self.ref_transform = logit_transform(self.ref)
+            verify_logits(self.ref, self.ref_head, self.ref_transform, self.device, where="model.reference")
         # the log-prob inputs are shared by the policy and the reference: pack them behind shared
         # prompts only when both models compute the same thing from a 4-D mask
         configs = [self.engine.module.config] + ([_unwrap(self.ref).config] if self.ref is not None else [])
@@ -259,11 +271,9 @@ class GRPORecipe:
 
     def _generate(self, prompts: list[str]) -> Rollout:
         r = self.cfg.rollout
-        texts = format_prompts(self.tokenizer, prompts, r.use_chat_template)
         with gathered_for_generation(self.engine, self.zero_stage) as model:
-            return generate(model, self.tokenizer, texts, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                            top_p=r.top_p, top_k=r.top_k, max_prompt_length=self.cfg.data.max_prompt_length,
-                            eos_ids=self.eos_ids, pad_id=self.pad_id)
+            return generate(model, self.encoder, prompts, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                            top_p=r.top_p, top_k=r.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id)
 
     def _rewards(self, scores_NH: torch.Tensor, samples: list[dict]) -> tuple[torch.Tensor, bool]:
         """[N, H] scores → [N] rewards through the routing rule (``rewards.route``, shared with the
@@ -291,9 +301,9 @@ class GRPORecipe:
         for micro in inputs:
             args = (micro, self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
             if need_old:
-                old.append(completion_logprobs(self.engine, self.lm_head, *args)[0])
+                old.append(completion_logprobs(self.engine, self.lm_head, *args, transform=self.transform)[0])
             if self.ref is not None:
-                ref.append(completion_logprobs(self.ref, self.ref_head, *args)[0])
+                ref.append(completion_logprobs(self.ref, self.ref_head, *args, transform=self.ref_transform)[0])
         return (torch.cat(old) if old else None), (torch.cat(ref) if ref else None)
 
     def _micro_batches(self) -> list[slice]:
@@ -301,12 +311,15 @@ class GRPORecipe:
         return [slice(s, s + mb) for s in range(0, self.n_local, mb)]
 
     def _update(self, batch: StepBatch) -> tuple[bool, dict]:
-        """μ optimizer steps over the batch; returns (applied, metrics).
+        """μ optimizer steps over the batch; returns (all applied, metrics).
 
         A non-finite loss on any rank poisons the rest of the step's accumulation with NaN, which
         DeepSpeed's overflow check (ZeRO optimizers, bf16/fp16 wrappers) turns into a skipped
         optimizer step: no weight, moment or lr-schedule change. A plain fp32 ZeRO-0 engine steps
-        our AdamW directly, which is told to skip instead (the lr schedule still advances)."""
+        our AdamW directly, which is told to skip instead (and reports it as DeepSpeed's overflow,
+        so the schedule does not advance there either). With μ > 1 a failure in iteration i
+        leaves iterations < i applied and skips the rest: ``updates/applied`` and
+        ``updates/skipped`` say how many, and the step counts as bad (toward max_bad_steps)."""
         g = self.cfg.grpo
         checks_overflow = self.zero_stage > 0 or self.engine.bfloat16_enabled() or self.engine.fp16_enabled()
         # sums over this rank: loss, Σm·kl, Σm·entropy, Σm (iteration 0); Σm·clipped, Σm (all iterations)
@@ -323,7 +336,8 @@ class GRPORecipe:
                     self.engine.optimizer.skip_next = True
                 self.engine.step()
                 sums += stats
-        if bad and checks_overflow and self.engine.skipped_steps == skipped_before:
+        skipped_updates = self.engine.skipped_steps - skipped_before
+        if bad and skipped_updates == 0:
             raise RuntimeError("DeepSpeed applied an update with non-finite gradients; "
                                "keep bf16.check_grad_overflow true in the DeepSpeed config")
         sums = dist.all_reduce_sum(sums)
@@ -334,6 +348,8 @@ class GRPORecipe:
             "clip_frac": sums[4].item() / max(sums[5].item(), 1.0),
             "lr": float(self.engine.get_lr()[0]),
             "grad_norm": _finite_or_none(self.engine.get_global_grad_norm()),
+            "updates/applied": g.num_iterations - skipped_updates,
+            "updates/skipped": skipped_updates,
         }
         return not bad, metrics
 
@@ -342,7 +358,8 @@ class GRPORecipe:
         g, micro = self.cfg.grpo, batch.inputs[rows.start // self.cfg.train.micro_batch_size]
         mask_BC = micro.completion_mask_BC
         logp_BC, entropy_BC = completion_logprobs(self.engine, self.lm_head, micro, self.cfg.rollout.temperature,
-                                                  self.cfg.train.logprob_backend, with_entropy=first_iteration)
+                                                  self.cfg.train.logprob_backend, with_entropy=first_iteration,
+                                                  transform=self.transform)
         old_BC = batch.old_logp_nC[rows] if batch.old_logp_nC is not None else logp_BC.detach()
         adv_B1 = batch.advantages_n[rows, None].to(logp_BC.dtype)
         per_token_BC = algos.clipped_policy_loss(logp_BC, old_BC, adv_B1, g.eps_low, g.eps_high, g.dual_clip)
@@ -475,6 +492,16 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _model_config(path: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read a model config from {path!r}: {str(e).strip().splitlines()[0]}",
+                        where="model.policy") from None
 
 
 def _unwrap(model):

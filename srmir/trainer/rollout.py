@@ -1,4 +1,4 @@
-"""Rollout: prompts → chat template → G sampled completions each, with masks and flags.
+"""Rollout: prompts → token ids (``srmir.runtime.PromptEncoder``) → G sampled completions each, with masks and flags.
 
 Layout of one rollout batch (B sequences on this rank)::
 
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from ..runtime.prompts import PromptEncoder
 
 
 @dataclass
@@ -53,27 +55,6 @@ class Rollout:
                        self.completion_mask_BC[rows], self.truncated_B[rows], self.completions[rows])
 
 
-def format_prompts(tokenizer, prompts: Sequence[str], use_chat_template: bool = True) -> list[str]:
-    """Each prompt as the policy sees it: a one-turn chat with the generation prompt appended."""
-    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
-        return list(prompts)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
-
-
-def tokenize_prompts(tokenizer, texts: Sequence[str], max_prompt_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``[B, P]`` ids and mask; prompts over the limit lose their *start* (the
-    chat template's tail, where the assistant turn opens, must survive)."""
-    old = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    try:
-        enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_prompt_length, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = old
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
 def completion_mask(completion_ids_BC: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask_BC, truncated_B): 1 through the first EOS inclusive; truncated when there is none.
 
@@ -85,18 +66,6 @@ def completion_mask(completion_ids_BC: torch.Tensor, eos_ids: Sequence[int]) -> 
     mask_BC = (eos_before_BC == 0).long()
     truncated_B = ~is_eos_BC.any(dim=1)
     return mask_BC, truncated_B
-
-
-def eos_token_ids(tokenizer, model_config) -> list[int]:
-    """EOS ids from the generation config, the model config and the tokenizer, deduplicated."""
-    ids: list[int] = []
-    for source in (getattr(model_config, "eos_token_id", None), tokenizer.eos_token_id):
-        for i in source if isinstance(source, (list, tuple)) else [source]:
-            if i is not None and i not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ValueError("the tokenizer and model define no EOS token; generation could not stop")
-    return ids
 
 
 @contextlib.contextmanager
@@ -200,27 +169,29 @@ def sample_completions(model, prompt_ids_UP: torch.Tensor, prompt_mask_UP: torch
 @torch.no_grad()
 def generate(
     model,
-    tokenizer,
-    prompt_texts: Sequence[str],
+    encoder: PromptEncoder,
+    prompts: Sequence[str],
     *,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
     top_k: int,
-    max_prompt_length: int,
     eos_ids: Sequence[int],
     pad_id: int,
 ) -> Rollout:
-    """Sample one completion per entry of ``prompt_texts`` (already chat-formatted; a group's rows
-    consecutive, so that its prompt is tokenized and prefilled once).
+    """Sample one completion per entry of ``prompts`` (the raw requests; a group's rows
+    consecutive, so that its prompt is encoded and prefilled once). ``encoder`` turns a request
+    into token ids exactly as evaluation does (chat template, special tokens, truncation).
 
     ``model`` is a plain HF causal LM (see :func:`gathered_for_generation`). The sampling settings
     are exactly the ones given: nothing from the model's own generation_config (a repetition
-    penalty, a default top_k=50) silently changes the distribution being optimised.
+    penalty, a default top_k=50) silently changes the distribution being optimised; the EOS set
+    is the runtime's (tokenizer + model config + generation config).
     """
     device = next(model.parameters()).device
-    texts, counts = prompt_runs(prompt_texts)
-    prompt_ids_UP, prompt_mask_UP = tokenize_prompts(tokenizer, texts, max_prompt_length, device)
+    tokenizer = encoder.tokenizer
+    texts, counts = prompt_runs(prompts)
+    prompt_ids_UP, prompt_mask_UP = encoder.batch(texts, device, pad_id=pad_id)
     repeats_U = torch.tensor(counts, device=device)
     was_training = model.training
     model.eval()  # use the KV cache even with gradient checkpointing on

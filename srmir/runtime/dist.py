@@ -54,6 +54,16 @@ def init(local_rank: int | None = None) -> torch.device:
     return device
 
 
+def init_if_launched() -> tuple[int, int]:
+    """(rank, world size). Joins the process group (through DeepSpeed) only when a launcher started
+    several processes (WORLD_SIZE > 1); a single process needs none (reward training, eval)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch_dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return rank(), world_size()
+
+
 def rank() -> int:
     return torch_dist.get_rank() if torch_dist.is_initialized() else 0
 
