@@ -299,3 +299,28 @@ def test_gradient_checkpointing_recomputes_and_saves_activation_memory(tmp_path)
         recipe.metrics.close()
     assert calls == {False: 1, True: 2}  # layer 0's MLP: forward, plus the recomputation in backward
     assert saved[True] < 0.5 * saved[False], saved
+
+
+@pytest.mark.slow
+def test_mu2_failure_in_the_second_iteration_is_accounted(files, tmp_path, monkeypatch):
+    """μ = 2: iteration 1's update is applied, iteration 2's non-finite loss skips its update; the
+    step reports one applied and one skipped update, counts as bad, and the lr schedule advanced once."""
+    cfg = tiny_config(files, tmp_path / "out", train__steps=2, grpo__num_iterations=2, train__micro_batch_size=4,
+                      train__lr_schedule="linear")
+    recipe = GRPORecipe(cfg, reward_fn=SyntheticReward())
+    recipe.setup()
+    real, calls = recipe._micro_loss, {"n": 0}
+
+    def poisoned(batch, rows, first_iteration):
+        calls["n"] += 1
+        share, stats = real(batch, rows, first_iteration)
+        return (share * math.inf if not first_iteration else share), stats
+
+    monkeypatch.setattr(recipe, "_micro_loss", poisoned)
+    schedule_before = recipe.engine.lr_scheduler.last_epoch
+    with pytest.warns(RuntimeWarning, match="a non-finite loss"):
+        m = recipe.step(1)
+    assert m["updates/applied"] == 1 and m["updates/skipped"] == 1 and m["skipped"] == 1
+    assert recipe.bad_in_row == 1
+    assert recipe.engine.lr_scheduler.last_epoch == schedule_before + 1
+    recipe.metrics.close()
