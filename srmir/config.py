@@ -160,6 +160,10 @@ class RolloutConfig:
     """Top-k sampling; 0 disables."""
     use_chat_template: bool = True
     """Format prompts with the tokenizer's chat template when it has one."""
+    benign_fraction: float = 0.0
+    """Share of each step's prompts that are benign (category ``benign``; rewarded by the bank's
+    helpfulness RM), evenly interleaved with the category-balanced harmful ones. Needs benign
+    records in the prompt data and a bank with a helpfulness RM; 0 trains on harmful prompts only."""
 
 
 @dataclass
@@ -404,6 +408,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.train.pack_max_len >= 1, "train.pack_max_len", "must be >= 1")
     _check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     _check(r.top_k >= 0, "rollout.top_k", "must be >= 0")
+    _check(0 <= r.benign_fraction < 1, "rollout.benign_fraction", "must be in [0, 1)")
     _check(t.steps >= 1, "train.steps", "must be >= 1")
     _check(t.lr > 0, "train.lr", "must be > 0")
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")

@@ -58,3 +58,47 @@ def test_empty_categories_are_skipped_and_unknown_ones_rejected():
     assert sorted(r["category"] for r in s.draw(2)) == ["a", "c"]
     with pytest.raises(ValueError, match="outside"):
         BalancedPromptSampler(records(), ["a", "b"], seed=0)
+
+
+# ------------------------------------------------------------------------------ benign prompts
+
+
+def with_benign(n_sensitive=4, n_ordinary=3):
+    return records() + [{"id": f"s{i}", "category": "benign", "sensitive": True, "prompt": f"kill a process {i}"}
+                        for i in range(n_sensitive)] + \
+        [{"id": f"o{i}", "category": "benign", "sensitive": False, "prompt": f"bake bread {i}"} for i in range(n_ordinary)]
+
+
+def test_benign_fraction_is_exact_and_evenly_spread_over_a_long_run():
+    s = BalancedPromptSampler(with_benign(), CATS, seed=0, benign_fraction=0.3)
+    drawn = s.draw(1000)
+    benign = [r["category"] == "benign" for r in drawn]
+    assert sum(benign) == 300
+    for start in range(0, 990, 7):  # every window of 10 draws holds 3 benign prompts (⌊10·0.3⌋ = ⌈10·0.3⌉)
+        assert sum(benign[start:start + 10]) == 3
+    harmful = [r["category"] for r in drawn if r["category"] != "benign"]
+    for r in range(len(harmful) // 3):  # the harmful draws keep their round-robin over categories
+        assert sorted(harmful[3 * r:3 * r + 3]) == CATS
+    kinds = Counter(r["sensitive"] for r in drawn if r["category"] == "benign")
+    assert kinds == {True: 150, False: 150}  # sensitive-looking and ordinary alternate round by round
+    ids = [r["id"] for r in drawn if r["category"] == "benign" and r["sensitive"]]
+    assert set(ids[:4]) == {f"s{i}" for i in range(4)}  # each group cycles through all its prompts
+
+
+def test_benign_stream_resumes_exactly():
+    straight = BalancedPromptSampler(with_benign(), CATS, seed=5, benign_fraction=0.25)
+    straight.draw(9)
+    rest = [r["id"] for r in straight.draw(20)]
+    resumed = BalancedPromptSampler(with_benign(), CATS, seed=5, benign_fraction=0.25)
+    resumed.load_state_dict({**straight.state_dict(), "position": 9})
+    assert [r["id"] for r in resumed.draw(20)] == rest
+    with pytest.raises(ValueError, match="benign_fraction"):
+        BalancedPromptSampler(with_benign(), CATS, seed=5, benign_fraction=0.5).load_state_dict(straight.state_dict())
+
+
+def test_benign_fraction_zero_is_the_harmful_stream_and_positive_needs_benign_prompts():
+    plain = [r["id"] for r in BalancedPromptSampler(records(), CATS, seed=3).draw(30)]
+    mixed_off = [r["id"] for r in BalancedPromptSampler(with_benign(), CATS, seed=3, benign_fraction=0.0).draw(30)]
+    assert plain == mixed_off
+    with pytest.raises(ValueError, match="no benign prompt"):
+        BalancedPromptSampler(records(), CATS, seed=0, benign_fraction=0.2)

@@ -36,7 +36,8 @@ def zero3_json(folder):
 EXPECTED_KEYS = {"reward/mean", "reward/std", "reward/rm/insult", "reward/rm/privacy_property", "adv/mean", "adv/std",
                  "kl", "clip_frac", "entropy", "loss", "completion/len_mean", "completion/truncated_frac",
                  "zero_var_groups", "time/generate", "time/score", "time/logprobs", "time/update", "time/step",
-                 "tokens_per_s", "mem/peak_gb", "lr", "grad_norm", "skipped"}
+                 "tokens_per_s", "mem/peak_gb", "lr", "grad_norm", "skipped", "refusal/harmful", "degen/repetitive",
+                 "degen/distinct2", "completion/len_words", "updates/applied"}
 
 
 @pytest.mark.slow

@@ -49,9 +49,20 @@ def init(local_rank: int | None = None) -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        _skip_cpu_shm_op()
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def _skip_cpu_shm_op() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce op (C++, ninja) at
+    init, used only by its ``inference_all_reduce``, which srmir never calls. The build costs about a
+    minute on every fresh machine, and first starts of several processes at once raced into a failed
+    link here; gloo does all of srmir's collectives, so the op is not built."""
+    import deepspeed.comm.torch as ds_torch
+
+    ds_torch.build_shm_op = lambda: None
 
 
 def init_if_launched() -> tuple[int, int]:
@@ -60,6 +71,8 @@ def init_if_launched() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch_dist.is_initialized():
         import deepspeed
 
+        if not torch.cuda.is_available():
+            _skip_cpu_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return rank(), world_size()
 

@@ -1,5 +1,6 @@
 """Step metrics: a JSONL file, a console progress bar with ETA, TensorBoard when installed, and a
-PNG of the reward curves (overall, per shadow RM, per prompt category) at the end.
+PNG of the reward curves (overall, per shadow RM, per prompt category) and of the behaviour
+(refusal on harmful and benign prompts, repetition, distinct-2) at the end.
 
 Only rank 0 writes. Metric names are flat ``group/name`` strings (``reward/category/insult``),
 the same in the JSONL file, TensorBoard and the plot.
@@ -14,7 +15,8 @@ from typing import Optional
 from ..io import write_jsonl_atomic
 
 # Shown on the progress bar, in this order, when present.
-_BAR_KEYS = (("reward/mean", "reward"), ("kl", "kl"), ("completion/len_mean", "len"), ("time/step", "s/step"))
+_BAR_KEYS = (("reward/mean", "reward"), ("kl", "kl"), ("refusal/harmful", "ref_h"), ("refusal/benign", "ref_b"),
+             ("degen/repetitive", "rep"), ("completion/len_mean", "len"), ("time/step", "s/step"))
 
 
 class MetricsLogger:
@@ -118,12 +120,18 @@ def plot_rewards(metrics_file: Path, png: Path, smooth: int = 5) -> Optional[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("reward/category/", "reward by prompt category"), ("reward/rm/", "score by shadow RM (all prompts)"))
-    fig, axes = plt.subplots(1, 2, figsize=(16, 4.5))
+    panels = (("reward/category/", "reward by prompt category"), ("reward/rm/", "score by shadow RM (all prompts)"),
+              (None, "behaviour (refusal, degeneration)"))
+    fig, axes = plt.subplots(1, 3, figsize=(22, 4.5))
     for ax, (prefix, title) in zip(axes, panels):
-        ax.plot(*_series(records, "reward/mean", smooth), color="black", lw=2.5, label="combined reward")
-        for key in sorted({k for r in records for k in r if k.startswith(prefix)}):
-            ax.plot(*_series(records, key, smooth), lw=1.2, label=key[len(prefix):])
+        if prefix is None:  # the signs of reward hacking: refusing everything, looping
+            for key in ("refusal/harmful", "refusal/benign", "degen/repetitive", "degen/distinct2"):
+                ax.plot(*_series(records, key, smooth), lw=1.5, label=key)
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.plot(*_series(records, "reward/mean", smooth), color="black", lw=2.5, label="combined reward")
+            for key in sorted({k for r in records for k in r if k.startswith(prefix)}):
+                ax.plot(*_series(records, key, smooth), lw=1.2, label=key[len(prefix):])
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -44,8 +44,8 @@ from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_s
 from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, packing_supported
 from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from .rollout import Rollout, gathered_for_generation, generate
-from .sampler import BalancedPromptSampler
-from ..rewards.combine import bank_heads, score_heads
+from .sampler import BENIGN, BalancedPromptSampler
+from ..rewards.combine import HELPFULNESS, bank_heads, score_heads
 
 
 class Stopped(Exception):
@@ -100,7 +100,12 @@ class GRPORecipe:
     def _setup_prompts(self, taxonomy) -> list[dict]:
         d = self.cfg.data
         pool = build.prompt_pool(taxonomy, d.train_file, d.prompts_file, d.val_fraction, d.test_fraction, d.seed)
-        self.sampler = BalancedPromptSampler(pool, taxonomy.slugs, seed=self.cfg.train.seed)
+        try:
+            self.sampler = BalancedPromptSampler(pool, taxonomy.slugs, seed=self.cfg.train.seed,
+                                                 benign_fraction=self.cfg.rollout.benign_fraction)
+        except ValueError as e:
+            raise UserError(str(e), where="rollout.benign_fraction" if "benign" in str(e) else
+                            ("data.prompts_file" if d.prompts_file else "data.train_file")) from None
         self.group_size = self.cfg.grpo.group_size
         self.n_global = self.cfg.rollout.prompts_per_step * self.group_size
         self.n_local = self._local_batch_size()
@@ -157,6 +162,11 @@ class GRPORecipe:
             self.reward_fn = build.load_reward_bank(rw.dir, taxonomy, self.device, rw.normalize, rw.batch_size_score)
         self.rm_categories = list(self.reward_fn.categories)
         self.rm_heads = bank_heads(self.reward_fn)
+        if self.sampler.benign_fraction > 0 and HELPFULNESS not in self.rm_heads:
+            raise UserError("benign prompts are rewarded by the bank's helpfulness RM, and this bank has none: train "
+                            "the bank on data with benign records (srmir rm train), or set rollout.benign_fraction=0",
+                            where="rollout.benign_fraction")
+        pool = [r for r in pool if r["category"] != BENIGN]  # K and the linear weights are over harm categories
         missing = sorted({r["category"] for r in pool} - set(self.rm_categories))
         if missing and rw.strategy == "categorized":
             raise UserError(f"categorized rewards need a shadow RM for every prompt category; the bank has none for "
@@ -422,6 +432,27 @@ class GRPORecipe:
         for slug in dict.fromkeys(categories):
             rows = torch.tensor([c == slug for c in categories], device=rewards_N.device)
             m[f"reward/category/{slug}"] = _mean(rewards_N[rows & finite])
+        m.update(self._behavior_metrics(categories, rollout))
+        return m
+
+    def _behavior_metrics(self, categories: list[str], rollout: Rollout) -> dict:
+        """Signs of reward hacking, every step: refusal on harmful and on benign prompts (the cheap
+        phrase-list judge of ``srmir eval``), the share of repetitive completions (a word 4-gram
+        3+ times), distinct-2 and the length in words — the same functions the eval report uses."""
+        from ..eval.judges import is_refusal
+        from ..textstats import distinct_n, is_repetitive, word_count
+
+        flags_n3 = torch.tensor([[is_refusal(t), is_repetitive(t), word_count(t)] for t in rollout.completions],
+                                dtype=torch.float32, device=self.device).reshape(-1, 3)
+        flags_N3 = dist.all_gather_rows(flags_n3)
+        texts = [t for part in dist.all_gather_objects(rollout.completions) for t in part]
+        benign_N = torch.tensor([c == BENIGN for c in categories], device=self.device)
+        m = {"refusal/harmful": _mean(flags_N3[~benign_N, 0]), "refusal/benign": _mean(flags_N3[benign_N, 0]),
+             "degen/repetitive": _mean(flags_N3[:, 1]), "degen/distinct2": distinct_n(texts, 2),
+             "completion/len_words": _mean(flags_N3[:, 2])}
+        for slug in dict.fromkeys(c for c in categories if c != BENIGN):
+            rows = torch.tensor([c == slug for c in categories], device=self.device)
+            m[f"refusal/category/{slug}"] = _mean(flags_N3[rows, 0])
         return m
 
     # ------------------------------------------------------------------ checkpoint / cleanup
