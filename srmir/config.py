@@ -119,9 +119,15 @@ class RewardsConfig:
     batch_size_score: int = 64
     """Pairs per batch when scoring during GRPO and evaluation."""
     augment: list[str] = field(default_factory=list)
-    """Extra training pairs made from each CoD pair: ``answer_only`` (the chosen answer after
-    ``####`` without its draft, against the rejected one) and ``prefixes`` (both responses cut to
-    their first 8 and 16 words: GRPO scores length-capped completions). Validation pairs stay as given."""
+    """Extra training pairs made from each CoD pair: ``answer_only`` (both answers after ``####``
+    without their drafts), ``prefixes`` (both answers cut to their first 8 and 16 words: GRPO
+    scores length-capped completions) and ``negatives`` (anti-hacking: the proper answer over
+    generated evasive filler, repetition loops, off-topic text and refusals collapsing into loops for
+    harmful prompts; over an unnecessary refusal, evasion, lecture, off-topic answer and loop for
+    benign ones — ``srmir.rewards.negatives``). Validation pairs stay as given."""
+    helpfulness: bool = True
+    """Train the helpfulness RM (an extra head scored in the same pass) when the data has benign
+    (answer-branch) records; it rewards answering benign prompts instead of refusing or evading."""
 
 
 @dataclass
@@ -441,8 +447,9 @@ def validate(cfg: Config) -> None:
     _check(rw.l2_reg >= 0, "rewards.l2_reg", "must be >= 0")
     _check(rw.batch_size_score >= 1, "rewards.batch_size_score", "must be >= 1")
     _check(rw.tuned_layers is None or rw.tuned_layers >= 0, "rewards.tuned_layers", "must be >= 0 or null")
-    unknown = sorted(set(rw.augment) - {"answer_only", "prefixes"})
-    _check(not unknown, "rewards.augment", f"unknown augmentation {', '.join(unknown)}; known: answer_only, prefixes")
+    unknown = sorted(set(rw.augment) - {"answer_only", "prefixes", "negatives"})
+    _check(not unknown, "rewards.augment",
+           f"unknown augmentation {', '.join(unknown)}; known: answer_only, prefixes, negatives")
     if isinstance(rw.weights, list):
         _check(all(w >= 0 for w in rw.weights) and sum(rw.weights) > 0, "rewards.weights",
                "must be non-negative with a positive sum")

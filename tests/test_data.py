@@ -6,10 +6,11 @@ from collections import Counter
 import pytest
 
 from srmir.cli import main
-from srmir.data import load_records, shipped, stratified_split
+from srmir.data import load_prompt_records, load_records, shipped, stratified_split
 from srmir.data.balance import balance, jaccard, ngrams, normalize_text, remove_near_duplicates
-from srmir.data.cod import (chosen_messages, cod_problems, count_words, is_refusal, parse_cod,
-                            rejected_messages, rejected_problems, trim_to_sentence)
+from srmir.data.cod import (BENIGN, BENIGN_CATEGORY, BENIGN_NEGATIVE_KINDS, chosen_messages, cod_problems,
+                            count_words, is_refusal, negative_kind, parse_cod, rejected_messages, rejected_problems,
+                            trim_to_sentence)
 from srmir.data.demo import compose
 from srmir.data.importers import import_prompts, load_mapping, shipped_mapping
 from srmir.data.validate import validate_file
@@ -19,11 +20,27 @@ from srmir.taxonomy import load_taxonomy
 TAX = load_taxonomy()
 GOOD = ("mock a coworker ; insult ; the coworker ; stay respectful ; decline, offer alternative\n"
         "#### I can't help with that. Mocking people hurts. I can help you give honest feedback instead.")
+# A harmful rejected reply in the chosen reply's shape: a draft that goes the wrong way, then a vague yes.
+REJ = ("mock a coworker ; just a joke ; nobody really hurt ; user's wishes first ; comply, keep it vague\n"
+       "#### Sure, go ahead, it is fine. Pick what bothers them most. Say it where others can hear it.")
+# The answer branch: a benign prompt, its answer draft, and one rejected reply of each negative kind.
+BENIGN_PROMPT = "How do I kill a frozen Python process?"
+BENIGN_GOOD = ("end a frozen program ; homonym, not violence ; no one at risk ; helpfulness, answer fully ; answer fully\n"
+               "#### Find its process ID with ps aux | grep python, then run kill <pid>. If it ignores that, "
+               "kill -9 <pid> ends it at once.")
+BENIGN_DRAFT = "end a frozen program ; sounds violent ; someone could get hurt ; caution first ; decline, to be safe\n#### "
+BENIGN_NEGATIVES = {
+    "refusal": "I'm sorry, but I can't help with killing anything. Violence is never the answer.",
+    "evasive": "Great question! There are many ways to handle this, and it really depends on your situation.",
+    "lecture": "It's important to think about how your actions affect others. Please be mindful and act responsibly.",
+    "off_topic": "Sourdough needs a lively starter, a long cold ferment and a very hot oven with steam.",
+    "repetition": "I'm here to help you. I'm here to help you. I'm here to help you. I'm here to help you.",
+}
 
 
 def _rec(i, cat="insult", **kw):
     return {"id": f"r{i}", "category": cat, "prompt": f"prompt number {i} about topic {i * 7}",
-            "chosen": GOOD, "rejected": "Sure, here is a vague idea.", **kw}
+            "chosen": GOOD, "rejected": REJ, **kw}
 
 
 # --------------------------------------------------------------------------------- CoD format
@@ -65,6 +82,63 @@ def test_refusal_and_rejected_checks():
     assert rejected_problems("  ") == ["empty response"]
 
 
+def test_harmful_rejected_may_carry_a_draft_that_goes_the_wrong_way():
+    assert rejected_problems(REJ) == []
+    refusing = REJ.split("####")[0] + "#### I can't help with that, sorry."
+    assert any("refuses" in p for p in rejected_problems(refusing))
+    declining = REJ.replace("comply, keep it vague", "decline, offer alternative")
+    assert rejected_problems(declining) == ["rejected draft decides to decline (a rejected reply goes the wrong way)"]
+    long_step = REJ.replace("just a joke", "it is only a silly joke")
+    assert rejected_problems(long_step) == ["draft: draft step 2 has 6 words (max 5): 'it is only a silly joke'"]
+    assert rejected_problems(long_step, max_step_words=6) == []
+
+
+def test_benign_branch_chosen_must_answer():
+    ok = dict(benign=True, prompt=BENIGN_PROMPT)
+    assert cod_problems(BENIGN_GOOD, **ok) == []
+    assert any("does not refuse" in p for p in cod_problems(BENIGN_GOOD))  # the harmful rules would reject it
+    draft = BENIGN_GOOD.split("####")[0]
+    for kind, text in BENIGN_NEGATIVES.items():
+        problems = cod_problems(draft + "#### " + text, **ok)
+        if kind == "off_topic":  # a good answer need not repeat the prompt's words: not checked for chosen
+            assert problems == []
+        else:
+            assert problems == [f"benign answer is not an answer: it reads as {BENIGN_NEGATIVE_KINDS[kind]}"], kind
+    declining = BENIGN_GOOD.replace("; answer fully\n", "; decline politely\n")
+    assert cod_problems(declining, **ok) == ["benign draft decides to decline: 'decline politely'"]
+    assert "separator" in cod_problems("I can help: run kill <pid>.", **ok)[0]
+
+
+def test_benign_branch_rejected_must_be_a_negative_kind():
+    ok = dict(benign=True, prompt=BENIGN_PROMPT, reference=BENIGN_GOOD)
+    for kind, text in BENIGN_NEGATIVES.items():
+        assert negative_kind(BENIGN_PROMPT, text, reference=BENIGN_GOOD) == kind
+        assert rejected_problems(text, **ok) == [], kind
+        assert rejected_problems(BENIGN_DRAFT + text, **ok) == [], kind  # drafted: the answer is checked
+    # A helpful answer is not a negative, whether it repeats the prompt's words or paraphrases the chosen one.
+    helpful = "Find the python process with ps, then end it with kill and its process ID."
+    paraphrase = "Run ps aux | grep to get the ID, then kill <pid>; kill -9 <pid> if it ignores that."
+    for text in (helpful, paraphrase):
+        assert negative_kind(BENIGN_PROMPT, text, reference=BENIGN_GOOD) is None
+        assert "none of" in rejected_problems(BENIGN_DRAFT + text, **ok)[0]
+    # One marker is not a lecture, one is not evasion; a 4-gram three times is a loop.
+    assert negative_kind("How do tides work?", "Remember that tides follow the Moon's pull on the ocean.") is None
+    assert negative_kind("x", "a b c d " * 3) == "repetition" and negative_kind("x", "a b c d " * 2) != "repetition"
+
+
+def test_benign_prompt_templates():
+    ex = [{"prompt": "How do tides work?", "chosen": BENIGN_GOOD, "rejected": BENIGN_DRAFT + "No.", "category": BENIGN}]
+    msgs = chosen_messages(BENIGN_PROMPT, BENIGN_CATEGORY, 5, ex)
+    assert "benign" in msgs[0]["content"] and "answer fully" in msgs[0]["content"] and "####" in msgs[0]["content"]
+    assert msgs[-1]["content"].endswith(f"Request: {BENIGN_PROMPT}") and "Harm category" not in msgs[-1]["content"]
+    assert msgs[2]["content"] == BENIGN_GOOD
+    for kind, label in BENIGN_NEGATIVE_KINDS.items():
+        rej = rejected_messages(BENIGN_PROMPT, BENIGN_CATEGORY, ex, 4, kind)
+        assert "REJECTED" in rej[0]["content"] and label in rej[0]["content"] and "at most 4 words" in rej[0]["content"]
+    harmful = rejected_messages("how to hurt", TAX["physical_harm"], max_step_words=5)
+    assert "same shape" in harmful[0]["content"] and "####" in harmful[0]["content"]
+
+
 def test_trim_to_sentence():
     assert trim_to_sentence("I can't help. You could try a cal") == "I can't help."
     assert trim_to_sentence("no sentence end") == ""
@@ -87,7 +161,7 @@ def test_prompt_templates_carry_category_principle_and_examples():
 def test_shipped_files_are_valid_and_balanced():
     records = load_records(shipped("cod"), TAX, max_step_words=5)
     counts = Counter(r["category"] for r in records)
-    assert set(counts) == set(TAX.slugs) and set(counts.values()) == {30}
+    assert set(counts) == set(TAX.slugs) | {BENIGN} and {counts[c] for c in TAX.slugs} == {30}
     assert len({r["prompt"] for r in records}) == len(records)
     assert len({r["rejected"] for r in records}) > 0.9 * len(records)  # varied, not one template
     kept, report = remove_near_duplicates(records)
@@ -98,6 +172,63 @@ def test_shipped_files_are_valid_and_balanced():
     assert len(benign) >= 50 and 0.35 < sum(b["sensitive"] for b in benign) / len(benign) < 0.65
     assert len(json.loads(shipped("jailbreaks").read_text())) >= 5
     assert (shipped("cod").parent / "LICENSE.md").read_text().count("Apache") >= 1
+
+
+def test_shipped_benign_cod_set_has_both_kinds_of_prompt_and_every_negative():
+    import yaml
+
+    source = yaml.safe_load((shipped("cod").parent / "source" / "benign.yaml").read_text())
+    types = Counter(item[1] for item in source["items"])
+    assert len(source["items"]) >= 60 and sum(n for t, n in types.items() if t != "ordinary") >= len(source["items"]) / 2
+    assert {"homonym", "figurative", "safe_target", "safe_context", "definition", "history", "safety_info"} < set(types)
+    records = [r for r in load_records(shipped("cod"), TAX) if r["category"] == BENIGN]
+    assert [r["prompt"] for r in records] == [item[0] for item in source["items"]]
+    kinds = Counter(negative_kind(r["prompt"], parse_cod(r["rejected"]).answer, reference=parse_cod(r["chosen"]).answer)
+                    for r in records)
+    assert set(kinds) == set(BENIGN_NEGATIVE_KINDS) and min(kinds.values()) >= 12
+    prompts = load_prompt_records(shipped("prompts"), TAX)
+    assert Counter(r["category"] for r in prompts) == Counter(r["category"] for r in load_records(shipped("cod"), TAX))
+
+
+def test_shipped_pairs_have_the_same_shape_on_both_sides():
+    """Shape control: every rejected reply is drafted like its chosen reply and about as long."""
+    import re
+
+    shape = lambda t: (len(re.findall(r"\w+", t)), len(re.findall(r"[^\w\s]", t)))  # noqa: E731
+    punct = []
+    for r in load_records(shipped("cod"), TAX):
+        c, j = parse_cod(r["chosen"]), parse_cod(r["rejected"])
+        assert j is not None and len(j.steps) == len(c.steps) == 5, r["id"]
+        (cw, cp), (jw, jp) = shape(r["chosen"]), shape(r["rejected"])
+        assert abs(cw - jw) <= 0.2 * cw, r["id"]
+        punct.append(cp - jp)
+    assert abs(sum(punct) / len(punct)) < 1.0  # no side carries more punctuation by habit
+
+
+def _training_prompts() -> list[tuple[str, str]]:
+    """(file, prompt) of every shipped training file: the CoD pairs, the prompts, the hand-written sources."""
+    import yaml
+
+    data = shipped("cod").parent
+    out = [(p.name, json.loads(line)["prompt"]) for p in (data / "cod_demo.jsonl", data / "prompts.jsonl")
+           for line in p.read_text().splitlines()]
+    for path in sorted((data / "source").glob("*.yaml")):
+        out += [(path.name, item[0]) for item in yaml.safe_load(path.read_text())["items"]]
+    return out
+
+
+def test_held_out_eval_prompts_appear_in_no_training_file():
+    """The eval sets (benign.jsonl; the jailbreak templates wrap prompts, they hold none) share no prompt with
+    training data — not even a near-duplicate: equal normalized text, word-trigram Jaccard >= 0.5, or
+    content-word Jaccard >= 0.6 (the same request reworded; words of 4+ letters, stopwords aside)."""
+    from srmir.data.cod import content_stems as content
+    training = _training_prompts()
+    assert len(training) > 500
+    for b in (json.loads(line) for line in shipped("benign").read_text().splitlines()):
+        for name, prompt in training:
+            assert normalize_text(b["prompt"]) != normalize_text(prompt), (b["id"], name)
+            assert jaccard(ngrams(b["prompt"]), ngrams(prompt)) < 0.5, (b["id"], name, prompt)
+            assert jaccard(frozenset(content(b["prompt"])), frozenset(content(prompt))) < 0.6, (b["id"], name, prompt)
 
 
 def test_shipped_cod_is_what_the_demo_sources_compose():
@@ -177,9 +308,11 @@ def test_validate_jailbreak_list_reports_item_line(tmp_path, capsys):
 def test_stats_json_on_shipped_data_shows_seven_balanced_categories(capsys):
     assert main(["data", "stats", str(shipped("cod")), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["counts"] == {slug: 30 for slug in TAX.slugs} and len(stats["counts"]) == 7
-    assert stats["balanced"] is True
+    assert stats["counts"] == {**{slug: 30 for slug in TAX.slugs}, BENIGN: 66} and len(stats["counts"]) == 8
+    assert stats["balanced"] is True  # over the harm categories; benign is its own stratum
     assert stats["draft"]["max_step_words"] <= 5 and stats["draft"]["mean_steps"] == 5
+    assert stats["draft"]["rejected_with_separator"] == stats["records"]
+    assert set(stats["benign_rejected"]) == set(BENIGN_NEGATIVE_KINDS) and sum(stats["benign_rejected"].values()) == 66
     assert set(stats["lengths"]) == {"prompt", "chosen", "rejected"}
 
 
@@ -341,10 +474,11 @@ def test_stratified_split_three_records_and_copies_stay_together():
 
 
 class _Scripted:
-    """A Generator that answers from a function of (request text, attempt number)."""
+    """A Generator that answers from a function of (request text, attempt number); ``self.asked`` records
+    the negative kind each benign rejected request names."""
 
     def __init__(self, answer):
-        self.answer, self.calls = answer, Counter()
+        self.answer, self.calls, self.asked = answer, Counter(), []
 
     def generate(self, conversations, max_new_tokens, temperature=0.0, seed=None, draft_format=None):
         from srmir.data.generators import Completion
@@ -354,6 +488,7 @@ class _Scripted:
             request = conv[-1]["content"].split("Request: ", 1)[-1]
             kind = "rejected" if "REJECTED" in conv[0]["content"] else "chosen"
             self.calls[(request, kind)] += 1
+            self.asked += [k for k, label in BENIGN_NEGATIVE_KINDS.items() if kind == "rejected" and label in conv[0]["content"]]
             out.append(Completion(text=self.answer(request, kind, self.calls[(request, kind)])))
         return out
 
@@ -369,7 +504,7 @@ def test_build_retries_invalid_outputs_then_counts_failures(tmp_path):
 
     def answer(request, kind, attempt):
         if kind == "rejected":
-            return "Sure, go ahead, it is fine."
+            return REJ
         if request.endswith("insult 0 number 0"):
             return "no separator at all"  # never valid: counted as failed
         if attempt == 1:
@@ -387,6 +522,84 @@ def test_build_retries_invalid_outputs_then_counts_failures(tmp_path):
     assert gen.calls[("request insult 1 number 13", "chosen")] == 2  # invalid once, then valid
     assert all(cod_problems(r["chosen"]) == [] for r in out)
     assert not (tmp_path / "o.partial.jsonl").exists()
+
+
+def test_build_makes_both_branches_and_asks_each_negative_kind(tmp_path):
+    """Benign prompts get the answer branch: an answer draft as chosen and, in rotation, every negative kind as
+    rejected — in the chosen reply's shape. A rejected reply without a draft, of a very different length, or a
+    helpful answer posing as a negative, is regenerated."""
+    from srmir.data.build import benign_kind, benign_kinds, build_dataset
+
+    harmful = [{"id": f"insult-{i}", "category": "insult", "prompt": f"request insult {i} number {i * 11}"} for i in range(3)]
+    benign = [{"id": f"b{i}", "category": BENIGN, "prompt": f"How do I kill a frozen Python process number {i * 7}?"}
+              for i in range(10)]
+    helpful = BENIGN_DRAFT + "Find its ID with ps, then run kill <pid> on it; kill -9 <pid> if it ignores that."
+
+    def answer(request, kind, attempt):
+        if "Python" not in request:
+            return GOOD if kind == "chosen" else (REJ.split("\n#### ")[1] if attempt == 1 else REJ)  # no draft first
+        if kind == "chosen":
+            return BENIGN_GOOD
+        wanted = gen.asked[-1]
+        if attempt == 1 and request.endswith("7?"):
+            return helpful  # not a negative: retried
+        text = BENIGN_NEGATIVES[wanted]
+        return BENIGN_DRAFT + (" ".join([text] * 3) if attempt == 1 and request.endswith("14?") else text)
+
+    gen = _Scripted(answer)
+    report = build_dataset(harmful + benign, gen, TAX, tmp_path / "o.jsonl", chunk_size=5, val_fraction=0.2,
+                           test_fraction=0.2, log=lambda m: None)
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert report.counts == {**{c: 0 for c in TAX.slugs}, "insult": 3, BENIGN: 10}  # benign is not cut to 3
+    assert {r["category"] for r in out} == {"insult", BENIGN} and not report.failed
+    assert main(["data", "validate", "--strict", str(tmp_path / "o.jsonl")]) == 0
+    assert all(parse_cod(r["rejected"]) is not None for r in out)
+    assert gen.calls[("request insult 0 number 0", "rejected")] == 2  # undrafted first: regenerated
+    assert gen.calls[("How do I kill a frozen Python process number 7?", "rejected")] == 2
+    assert gen.calls[("How do I kill a frozen Python process number 14?", "rejected")] == 2  # too long first
+    kinds = {r["id"]: negative_kind(r["prompt"], parse_cod(r["rejected"]).answer, reference=BENIGN_GOOD) for r in out
+             if r["category"] == BENIGN}
+    rank = benign_kinds(benign)
+    assert kinds == {f"b{i}": benign_kind(rank[f"b{i}"], 1 if i in (1, 2) else 0) for i in range(10)}
+    assert Counter(benign_kind(r) for r in rank.values()) == {k: 2 for k in BENIGN_NEGATIVE_KINDS}  # a fifth each
+    splits = [[json.loads(line)["category"] for line in (tmp_path / f"o.{n}.jsonl").read_text().splitlines()]
+              for n in ("train", "val", "test")]
+    assert [Counter(s)[BENIGN] for s in splits] == [6, 2, 2]  # benign split as its own stratum
+
+
+def test_balance_and_split_keep_benign_as_its_own_stratum():
+    recs = [_rec(i, "insult") for i in range(5)] + [_rec(10 + i, "crimes_illegal") for i in range(3)]
+    recs += [_rec(20 + i, BENIGN) for i in range(8)]
+    assert Counter(r["category"] for r in balance(recs, "downsample")) == {"insult": 3, "crimes_illegal": 3, BENIGN: 8}
+    with pytest.warns(UserWarning, match="upsampling 'crimes_illegal' from 3 to 5"):
+        up = balance(recs, "upsample")
+    assert Counter(r["category"] for r in up) == {"insult": 5, "crimes_illegal": 5, BENIGN: 8}
+    assert balance([_rec(1, BENIGN)], "downsample") == [_rec(1, BENIGN)]
+    train, val, test = stratified_split(recs, 0.25, 0.25, seed=0)
+    assert [Counter(r["category"] for r in part)[BENIGN] for part in (train, val, test)] == [4, 2, 2]
+
+
+def test_split_keeps_pairs_of_one_prompt_together():
+    """Several pairs of one prompt (say one per negative kind) never straddle train and test."""
+    recs = [dict(_rec(10 * p + k, BENIGN), prompt=f"How do tides work, question {p}?") for p in range(6) for k in range(3)]
+    train, val, test = stratified_split(recs, 0.2, 0.2, seed=1)
+    prompts = [{r["prompt"] for r in part} for part in (train, val, test)]
+    assert sum(len(p) for p in prompts) == 6 and not (prompts[0] & prompts[1] or prompts[0] & prompts[2])
+    assert all(len(part) % 3 == 0 for part in (train, val, test))
+    again = stratified_split(list(reversed(recs)), 0.2, 0.2, seed=1)
+    assert [sorted(r["id"] for r in part) for part in again] == [sorted(r["id"] for r in part) for part in (train, val, test)]
+
+
+def test_validate_strict_reports_a_benign_record_that_refuses(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    bad = BENIGN_GOOD.split("####")[0] + "#### I'm sorry, but I can't help with killing processes."
+    rows = [dict(_rec(0, BENIGN), prompt=BENIGN_PROMPT, chosen=BENIGN_GOOD, rejected=BENIGN_DRAFT + BENIGN_NEGATIVES["lecture"]),
+            dict(_rec(1, BENIGN), prompt=BENIGN_PROMPT + " Please.", chosen=bad, rejected=BENIGN_GOOD)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "validate", "--strict", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert f"{path}:2: chosen: benign answer is not an answer: it reads as an unnecessary refusal" in out
+    assert f"{path}:2: rejected: benign rejected reply is none of" in out and f"{path}:1:" not in out
 
 
 def test_read_partial_ignores_a_torn_last_line(tmp_path):
@@ -457,7 +670,7 @@ def test_build_upsample_with_cap_and_split_files(tmp_path):
 
     prompts = [{"id": f"{c}-{i}", "category": c, "prompt": f"request {c} {i} number {i * 17}"}
                for c, n in (("insult", 5), ("crimes_illegal", 3)) for i in range(n)]
-    gen = _Scripted(lambda request, kind, attempt: GOOD if kind == "chosen" else "Sure, fine.")
+    gen = _Scripted(lambda request, kind, attempt: GOOD if kind == "chosen" else REJ)
     logs = []
     report = build_dataset(prompts, gen, TAX, tmp_path / "o.jsonl", balance_mode="upsample", cap=4,
                            val_fraction=0.25, test_fraction=0.25, log=logs.append)

@@ -39,12 +39,31 @@ class FakeLLM:
             return action
 
 
+# The benign rejected reply of each negative kind, as the system prompt names it.
+NEGATIVE_REPLIES = {
+    "an unnecessary refusal": "I'm sorry, but I can't help with that. It could be misused, so I have to be careful.",
+    "an evasive non-answer": "Great question! There are many ways to see it, and it really depends on your situation.",
+    "a lecture instead of an answer": "It's important to think about the consequences of what you do. Please be "
+                                      "mindful of the people around you.",
+    "an off-topic answer": "Sourdough bread needs a lively starter, a long cold ferment and a very hot oven with steam.",
+    "degenerate repetition": "I'm here to help you. I'm here to help you. I'm here to help you. I'm here to help.",
+}
+
+
 def reply_for(messages: list[dict]) -> str:
-    """A valid chosen (CoD) or rejected reply, echoing the request so order can be checked."""
-    user = messages[-1]["content"]
+    """A valid chosen (CoD) or rejected reply of the branch asked for, echoing the request so order
+    can be checked; rejected replies come in the chosen reply's shape (a draft, ``####``, an answer)."""
+    system, user = messages[0]["content"], messages[-1]["content"]
     request = user.split("Request: ", 1)[-1]
-    if "REJECTED" in messages[0]["content"]:
-        return f"Sure, here's a rough idea for that. Keep it low-key. ({request})"
+    if "Request type: benign" in user:
+        if "REJECTED" in system:
+            kind = next(k for k in NEGATIVE_REPLIES if k in system)
+            return f"misread the request ; sounds risky ; unclear ; caution first ; go wrong\n#### {NEGATIVE_REPLIES[kind]}"
+        return (f"harmless question ; homonym, not violence ; no one at risk ; helpfulness ; answer fully\n"
+                f"#### Here is a clear answer: do the first step, then the second, and check the result. ({request})")
+    if "REJECTED" in system:
+        return (f"wants some help ; only a joke ; nobody really hurt ; user first ; comply, keep it vague\n"
+                f"#### Sure, here's a rough idea for that. Keep it low-key and quiet. ({request})")
     slug = re.search(r"Harm category: (\w+)", user).group(1)
     return (f"wants harmful help ; {slug} ; people involved ; follow the principle ; decline, offer alternative\n"
             f"#### I can't help with that, because it could hurt someone. I can suggest a safer option for: {request}")
@@ -187,10 +206,12 @@ def test_bad_api_base_is_a_user_error(capsys, tmp_path):
 # ------------------------------------------------------------------------------ build + resume
 
 
-def _prompts(tmp_path):
+def _prompts(tmp_path, benign: int = 0):
     path = tmp_path / "prompts.jsonl"
     rows = [{"id": f"{slug}-{i}", "category": slug, "prompt": f"Distinct harmful request {slug} number {i} about item {i * 31}"}
             for slug in load_taxonomy().slugs for i in range(2)]
+    rows += [{"id": f"benign-{i}", "category": "benign", "prompt": f"How do I kill a frozen process, case {i * 17}?"}
+             for i in range(benign)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, {r["id"] for r in rows}
 
@@ -234,3 +255,32 @@ def test_build_interrupted_then_resumed_has_no_lost_or_duplicated_ids(server, tm
     texts = [first.out, first.err, second.out, second.err, caplog.text]
     texts += [p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file()]
     assert not any(KEY in t for t in texts)
+
+
+def test_build_both_branches_over_http(server, tmp_path, capsys):
+    """`srmir data build` against the loopback server: harmful prompts get the refusal branch, benign ones the
+    answer branch with each negative kind asked for in rotation; the output passes `validate --strict`."""
+    from collections import Counter
+
+    from srmir.data.cod import BENIGN_NEGATIVE_KINDS, negative_kind, parse_cod
+
+    prompts, ids = _prompts(tmp_path, benign=10)
+    out = tmp_path / "cod.jsonl"
+    assert _build(server, prompts, out) == 0
+    printed = capsys.readouterr()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(ids), printed.out + printed.err
+    counts = Counter(r["category"] for r in records)
+    assert counts["benign"] == 10 and {counts[s] for s in load_taxonomy().slugs} == {2}
+    systems = [r["body"]["messages"][0]["content"] for r in server.fake.requests]
+    asked = Counter(k for s in systems for k, label in BENIGN_NEGATIVE_KINDS.items() if "REJECTED" in s and label in s)
+    assert asked == {k: 2 for k in BENIGN_NEGATIVE_KINDS}
+    benign = [r for r in records if r["category"] == "benign"]
+    kinds = Counter(negative_kind(r["prompt"], parse_cod(r["rejected"]).answer, reference=parse_cod(r["chosen"]).answer)
+                    for r in benign)
+    assert kinds == {k: 2 for k in BENIGN_NEGATIVE_KINDS}
+    assert all("answer fully" in r["chosen"] and parse_cod(r["rejected"]) for r in records if r["category"] == "benign")
+    assert main(["data", "validate", "--strict", str(out)]) == 0
+    assert main(["data", "stats", "--json", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out.split("ok\n", 1)[1])
+    assert stats["counts"]["benign"] == 10 and stats["balanced"] and stats["benign_rejected"] == {k: 2 for k in kinds}

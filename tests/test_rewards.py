@@ -440,3 +440,164 @@ def test_route_sends_harmful_benign_and_unlabeled_rows_to_the_right_rm():
     assert route(s_inf, heads, labels, "linear").nonfinite
     with pytest.raises(UserError, match="no reward model routes"):
         route(s, heads, ["a", "zzz", BENIGN_LABEL], "categorized")
+
+
+# ------------------------------------------------------------------ helpfulness head (issue 12)
+
+
+def test_helpfulness_head_scored_in_the_same_pass_and_saved(bert_dir, tmp_path):
+    from srmir.rewards import HELPFULNESS
+
+    models, tok = perturbed_models(bert_dir, 3, tuned_layers=1)
+    bank = ShadowRewardBank.from_models(models, tok, ["a", "b"], backbone=bert_dir, max_length=40, helpfulness=True,
+                                        calibration={"a": (1.0, 2.0), HELPFULNESS: (0.5, 4.0)}, batch_size=3)
+    assert bank.categories == ["a", "b"] and bank.heads == ["a", "b", HELPFULNESS] and bank.helpfulness
+    raw_NH = bank.score_heads(PROMPTS, RESPONSES, normalize=False)
+    torch.testing.assert_close(raw_NH, score_sequential(models, PairEncoder(tok, 40), PROMPTS, RESPONSES),
+                               rtol=1e-5, atol=1e-5)
+    assert raw_NH.shape == (4, 3) and not torch.allclose(raw_NH[:, 1], raw_NH[:, 2])
+    # score stays the [N, K] harm contract: the first K columns, each with its own calibration
+    torch.testing.assert_close(bank.score(PROMPTS, RESPONSES), bank.score_heads(PROMPTS, RESPONSES)[:, :2])
+    torch.testing.assert_close(bank.score_heads(PROMPTS, RESPONSES)[:, 2], (raw_NH[:, 2] - 0.5) / 4.0)
+    assert [m.head.weight.shape for m in bank.models()] == [torch.Size([1, 32])] * 3
+    bank.save_pretrained(tmp_path / "bank")
+    meta = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    assert meta["categories"] == ["a", "b"] and meta["helpfulness"] is True
+    assert meta["calibration"][HELPFULNESS] == {"mean": 0.5, "std": 4.0}
+    loaded = ShadowRewardBank.from_pretrained(tmp_path / "bank")
+    assert loaded.heads == bank.heads and loaded.calibration == bank.calibration
+    torch.testing.assert_close(loaded.score_heads(PROMPTS, RESPONSES), bank.score_heads(PROMPTS, RESPONSES))
+    with pytest.raises(ValueError, match="3 models for 2 heads"):
+        ShadowRewardBank.from_models(models, tok, ["a", "b"], backbone=bert_dir, max_length=40)
+
+
+def test_benign_rows_route_to_the_helpfulness_head_and_the_classifier_knows_benign(bert_dir):
+    """Harmful, benign and unlabeled rows reach the right RM through bank.heads / score_heads and the
+    one routing rule, in both strategies; the classifier's benign class routes an unlabeled prompt."""
+    from srmir.rewards import BENIGN_LABEL, HELPFULNESS
+
+    models, tok = perturbed_models(bert_dir, 3)
+    bank = ShadowRewardBank.from_models(models, tok, ["a", "b"], backbone=bert_dir, max_length=40, normalize=False,
+                                        helpfulness=True)
+    feats = bank.embed_prompts(PROMPTS)
+    bank.classifier = CategoryClassifier.fit(feats, torch.tensor([0, 1, 0, 2]), 3)
+    bank.classifier_labels = ["a", "b", BENIGN_LABEL]
+    assert bank.classify_labels(PROMPTS) == ["a", "b", "a", BENIGN_LABEL]
+    labels = ["b", BENIGN_LABEL, "a", None]  # the last prompt is unlabeled: the classifier says benign
+    for strategy in ("categorized", "linear"):
+        routed, scores_NH = shadow_rewards(bank, PROMPTS, RESPONSES, strategy, labels=labels)
+        assert scores_NH.shape == (4, 3)
+        harm_0 = scores_NH[0, 1] if strategy == "categorized" else scores_NH[0, :2].mean()
+        harm_2 = scores_NH[2, 0] if strategy == "categorized" else scores_NH[2, :2].mean()
+        torch.testing.assert_close(routed.rewards_N, torch.stack([harm_0, scores_NH[1, 2], harm_2, scores_NH[3, 2]]))
+        assert routed.columns_N.tolist() == [1 if strategy == "categorized" else 1, -1, 0, -1]
+    assert resolve_labels(bank, labels, PROMPTS) == ["b", BENIGN_LABEL, "a", BENIGN_LABEL]
+    assert HELPFULNESS not in bank.categories  # K counts harm RMs only
+
+
+def synthetic_benign(n=12):
+    """Benign pairs: a helpful answer over a refusal, an evasion or a loop (rotating)."""
+    negatives = ["sorry i cannot help with that", "please talk to someone safe",
+                 "sure here is the plan " * 3]
+    return [{"id": f"h{i}", "category": "benign", "prompt": f"how do i get money for the plan {'please ' * (i % 3)}",
+             "chosen": "first get a legal job then go make money " + "with options " * (i % 2),
+             "rejected": negatives[i % 3]} for i in range(n)]
+
+
+def test_train_bank_adds_the_helpfulness_rm_and_eval_reports_its_row(bert_dir, tmp_path):
+    from srmir.rewards import HELPFULNESS
+
+    tax = Taxonomy(tuple(Category(s, s, s) for s in ("a", "b")))
+    recs = synthetic_records(["a", "b"], 9) + synthetic_benign(12)
+    split = lambda r: int(r["id"][1:]) % 6  # noqa: E731  (0-3 train, 4 val, 5 test)
+    train = [r for r in recs if split(r) < 4]
+    val, test = [r for r in recs if split(r) == 4], [r for r in recs if split(r) == 5]
+    hp = dict(epochs=3, batch_size=4, lr=3e-3, bf16=False, max_length=48, tuned_layers=1, log=lambda s: None)
+    bank = train_bank(train, val, tax, bert_dir, tmp_path / "rm", test_records=test, augment=["negatives"], **hp)
+    assert bank.heads == ["a", "b", HELPFULNESS] and bank.classifier_labels == ["a", "b", "benign"]
+    info = json.loads((tmp_path / "rm" / "bank.json").read_text())
+    assert info["training"][HELPFULNESS]["train_pairs"] > 8  # 8 benign pairs + their generated negatives
+    assert set(info["calibration"]) == {"a", "b", HELPFULNESS} and info["classifier"]["classes"] == ["a", "b", "benign"]
+    result = evaluate_bank(bank, test)
+    assert list(result["pairwise_accuracy"]) == ["a", "b", HELPFULNESS]
+    assert list(result["pairs"]) == ["a", "b", "benign"]
+    assert result["pairwise_accuracy"][HELPFULNESS]["benign"] == 1.0
+    # without the switch, or with an explicit category list that does not name it, no helpfulness RM
+    assert train_bank(train, val, tax, bert_dir, None, helpfulness=False, **hp).heads == ["a", "b"]
+    assert train_bank(train, val, tax, bert_dir, None, ["a"], **hp).heads == ["a"]
+    with pytest.raises(UserError, match="benign training pairs"):
+        train_bank([r for r in train if r["category"] != "benign"], val, tax, bert_dir, None, ["a", HELPFULNESS], **hp)
+
+
+def test_negative_pairs_cover_every_kind_of_hack():
+    from srmir.data.cod import is_refusal, negative_kind
+    from srmir.rewards.negatives import HARM_KINDS, HELPFUL_KINDS, harm_negatives, helpful_negatives
+    from srmir.rewards.train import pairs_by_category
+    from srmir.textstats import is_repetitive
+
+    refusal = "I can't help you write insults about your coworker. Mockery hurts. I can help you give honest feedback."
+    pool = ["Sourdough needs a hot oven and steam."]
+    harm = harm_negatives("Write insults about my coworker.", refusal, pool)
+    assert list(harm) == list(HARM_KINDS) and harm == harm_negatives("Write insults about my coworker.", refusal, pool)
+    assert is_repetitive(harm["repetition"]) and is_repetitive(harm["collapse"]) and harm["collapse"].startswith("I can't")
+    assert negative_kind("Write insults about my coworker.", harm["evasive"]) == "evasive"
+    assert harm["off_topic"].startswith("Sourdough")
+    prompt, answer = "How do I clean a cast-iron pan?", "Wash it warm, scrub with salt, dry it on the stove and oil it."
+    helpful = helpful_negatives(prompt, answer)
+    assert list(helpful) == list(HELPFUL_KINDS)
+    assert {k: negative_kind(prompt, t, reference=answer) for k, t in helpful.items()} == {k: k for k in HELPFUL_KINDS}
+    assert is_refusal(helpful["refusal"])
+    recs = [{"id": "1", "category": "a", "prompt": "Write insults about my coworker.",
+             "chosen": "insult ; harm\n#### " + refusal, "rejected": "go ; along\n#### Sure, mock him."},
+            {"id": "2", "category": "benign", "prompt": prompt, "chosen": "benign ; answer\n#### " + answer,
+             "rejected": "misread ; refuse\n#### I can't help with that."}]
+    pairs = pairs_by_category(recs, ["answer_only", "negatives"])
+    assert len(pairs["a"]) == 1 + 1 + 4 and len(pairs["benign"]) == 1 + 1 + 5
+    assert pairs["a"][1] == (recs[0]["prompt"], refusal, "Sure, mock him.")  # answer_only strips both drafts
+    borrowed = harm_negatives(recs[0]["prompt"], refusal, [answer])  # benign answers are the off-topic material
+    assert pairs["a"][2:] == [(recs[0]["prompt"], refusal, t) for t in borrowed.values()]
+    assert borrowed["off_topic"] == answer
+
+
+# ------------------------------------------------------------------------ test the tests (issue 16)
+
+
+def test_tiny_backbones_read_words(bert_dir, llama_dir):
+    """The tiny banks of these tests tokenize real words: no [UNK] in a refusal or an insult."""
+    for d in (bert_dir, llama_dir):
+        _, tok = load_backbone(d)
+        ids = tok("sorry i cannot help with that", add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids and len(set(ids)) == 6
+    assert len(load_backbone(bert_dir)[1]) == 30522  # MiniLM's WordPiece vocabulary
+
+
+def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult(bert_dir, tmp_path):
+    """Trained with its tokenizer, the RM ranks the refusal above the insult on held-out pairs; the same saved
+    weights behind a broken tokenizer (every word -> [UNK]) score the two identically, so the check fails."""
+    import shutil
+
+    from srmir.rewards.shortcut import word_blind_backbone
+
+    tax = Taxonomy((Category("insult", "insult", "be respectful"), Category("b", "b", "b")))
+    people = ["my coworker", "my sister", "the neighbor", "our coach", "my teacher", "the waiter", "my cousin",
+              "that driver", "my boss", "the referee"]
+    recs = []
+    for i, who in enumerate(people):  # chosen and rejected: same number of words, same punctuation
+        for cat in ("insult", "b"):
+            recs.append({"id": f"{cat}{i}", "category": cat, "prompt": f"{who} annoyed me, what should i say?",
+                         "chosen": "i will not insult them, talk calmly instead.",
+                         "rejected": "you are a stupid idiot, shut up now."})
+    train, val = [r for r in recs if int(r["id"][-1]) < 7], [r for r in recs if int(r["id"][-1]) >= 7]
+    bank = train_bank(train, val, tax, bert_dir, tmp_path / "rm", epochs=4, batch_size=4, lr=3e-3, bf16=False,
+                      max_length=48, tuned_layers=1, log=lambda s: None)
+    assert evaluate_bank(bank, val)["pairwise_accuracy"]["insult"]["insult"] == 1.0
+    blind = word_blind_backbone(bert_dir, tmp_path / "blind")
+    for f in (tmp_path / "rm" / "backbone").glob("tokenizer*"):
+        f.unlink()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{blind}/{f}", tmp_path / "rm" / "backbone" / f)
+    broken = ShadowRewardBank.from_pretrained(tmp_path / "rm")
+    scores_c = broken.score([r["prompt"] for r in val], [r["chosen"] for r in val], normalize=False)
+    scores_r = broken.score([r["prompt"] for r in val], [r["rejected"] for r in val], normalize=False)
+    torch.testing.assert_close(scores_c, scores_r)  # it sees only the shape, and the shapes are equal
+    assert evaluate_bank(broken, val)["pairwise_accuracy"]["insult"]["insult"] == 0.0

@@ -5,6 +5,10 @@ amount of data (a category with twice the pairs would get a stronger judge). The
 therefore removes near-duplicate prompts first (so balancing counts distinct prompts), then
 balances, then splits each category with a fixed seed.
 
+Benign records (``category: "benign"``, the answer branch) are their own stratum: they are split
+like a category but never balanced against the harm categories — a harm category is not cut down
+to the number of benign prompts, nor the benign set to a harm category's size.
+
 Upsampled copies carry ``copy_of`` (the original's id) and get the id ``<id>~up<k>``;
 :func:`stratified_split` keeps every copy in the same split as its original, so a duplicated
 prompt never leaks from train into val or test.
@@ -118,24 +122,34 @@ def balance(records: list[dict], mode: str = "downsample", seed: int = 0,
       ``copy_of``) — with a warning, because repeats add no new information.
     - ``"none"``: records are returned unchanged.
 
+    Benign records (``category == "benign"``) are kept as they are, in place of a category, and
+    do not count towards the target.
+
     ``categories`` (e.g. the taxonomy's slugs) names the categories that must be present; a
     missing one triggers a warning (a shadow RM for it cannot be trained). Output order: by
     category (first appearance), then the sampled order.
     """
     if mode not in ("downsample", "upsample", "none"):
         raise ValueError(f"unknown balance mode {mode!r}")
+    from .cod import BENIGN
+
     groups = group_by_category(records)
-    missing = [c for c in (categories or []) if c not in groups]
+    missing = [c for c in (categories or []) if c not in groups and c != BENIGN]
     if missing:
         warnings.warn(f"no records for categories: {', '.join(missing)}", stacklevel=2)
     if mode == "none" or not groups:
         return list(records)
-    counts = {c: len(g) for c, g in groups.items()}
+    counts = {c: len(g) for c, g in groups.items() if c != BENIGN}
+    if not counts:
+        return list(records)
     target = min(counts.values()) if mode == "downsample" else max(counts.values())
     if cap is not None:
         target = min(target, cap)
     out: list[dict] = []
     for cat, group in groups.items():
+        if cat == BENIGN:
+            out.extend(group)
+            continue
         rng = random.Random(f"{seed}:{cat}")  # str seeds hash deterministically across runs
         if len(group) >= target:
             out.extend(rng.sample(group, target))
@@ -175,15 +189,18 @@ def stratified_split(records: list[dict], val_fraction: float, test_fraction: fl
     Deterministic: the result depends only on the records' ids, categories and ``seed``, not on
     the input order (each category's units are sorted by id before a seeded shuffle). A
     category with ≥ 3 units appears in every split whose fraction is positive; one with fewer
-    goes entirely to train. Upsampled copies (``copy_of``) follow their original.
+    goes entirely to train. Upsampled copies (``copy_of``) follow their original, and records
+    with the same prompt (normalized text: several pairs of one prompt) stay together, so a
+    prompt is never in two splits. Benign records are a stratum of their own.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in [0, 1) with a sum < 1")
     train, val, test = [], [], []
     for cat, group in group_by_category(records).items():
+        key_of = _unit_keys(group)
         units: dict[str, list[dict]] = {}
         for rec in group:
-            units.setdefault(str(rec.get("copy_of", rec["id"])), []).append(rec)
+            units.setdefault(key_of[id(rec)], []).append(rec)
         keys = sorted(units)
         random.Random(f"{seed}:{cat}").shuffle(keys)
         n_val, n_test = _split_sizes(len(keys), val_fraction, test_fraction)
@@ -191,6 +208,19 @@ def stratified_split(records: list[dict], val_fraction: float, test_fraction: fl
             dest = val if i < n_val else test if i < n_val + n_test else train
             dest.extend(units[key])
     return train, val, test
+
+
+def _unit_keys(group: list[dict]) -> dict[int, str]:
+    """The split unit of each record (by ``id()``): the smallest original id (``copy_of`` or
+    ``id``) among the records sharing its normalized prompt — its own id when the prompt is unique,
+    so the key does not depend on the input order."""
+    own = {id(r): str(r.get("copy_of", r["id"])) for r in group}
+    norm = {id(r): normalize_text(r.get("prompt") or "") or f"\0{own[id(r)]}" for r in group}
+    smallest: dict[str, str] = {}
+    for r in group:
+        key = norm[id(r)]
+        smallest[key] = min(smallest.get(key, own[id(r)]), own[id(r)])
+    return {id(r): smallest[norm[id(r)]] for r in group}
 
 
 def category_counts(records: list[dict]) -> Counter:

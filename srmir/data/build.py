@@ -6,10 +6,19 @@ already holds, and generates only the rest; the final files are written atomical
 partial file is removed only after they exist. A record is written exactly once, so an
 interrupted run loses at most the chunk in flight and never duplicates an id.
 
+Both branches of the CoD format are built: a prompt of a harm category gets a refusal draft as
+``chosen`` and a principle-violating reply as ``rejected``; a ``benign`` prompt gets an answer
+draft ("benign → answer fully", then a helpful answer) and one of the five negative kinds (an
+unnecessary refusal, an evasive non-answer, a lecture, an off-topic answer, a repetition loop),
+the kind rotating over the prompts. Every rejected reply is asked for — and must come back — in
+the chosen reply's shape (a draft that reasons its way to the wrong decision, ``####``, an answer
+of a similar length), so that a reward model cannot tell the pair apart without reading it.
+
 A generated text that fails validation (no ``####``, an overlong step, an answer that complies,
-a rejected reply that refuses) is regenerated with a new seed, up to ``attempts`` times; then the
-prompt is counted as failed and left out. If the backend itself keeps failing (every HTTP retry
-spent), the build stops with :class:`GenerationError` after saving what it has.
+a harmful rejected reply that refuses, a benign rejected reply of no negative kind, a rejected
+reply without a draft or of a very different length) is regenerated with a new seed, up to
+``attempts`` times; then the prompt is counted as failed and left out. If the backend itself keeps
+failing (every HTTP retry spent), the build stops with :class:`GenerationError` after saving what it has.
 """
 from __future__ import annotations
 
@@ -26,8 +35,9 @@ from typing import Callable
 from ..io import write_jsonl_atomic
 from ..taxonomy import Taxonomy
 from .balance import balance, remove_near_duplicates, stratified_split
-from .cod import (STEP_ORDER, DraftFormat, chosen_messages, cod_problems, format_cod, parse_cod, rejected_messages,
-                  rejected_problems, trim_to_sentence)
+from .cod import (BENIGN, BENIGN_CATEGORY, BENIGN_NEGATIVE_KINDS, SEPARATOR, STEP_ORDER, DraftFormat, chosen_messages,
+                  cod_problems, format_cod, negative_kind, parse_cod, rejected_messages, rejected_problems,
+                  trim_to_sentence)
 from .generators import Completion, Generator
 
 
@@ -116,25 +126,60 @@ def _pick_examples(pool: list[dict], prompt: str, k: int, offset: int) -> list[d
     return [usable[(offset + j) % len(usable)] for j in range(min(k, len(usable)))]
 
 
-def _clean_chosen(c: Completion, max_step_words: int) -> tuple[str | None, str]:
+def _clean_chosen(rec: dict, c: Completion, max_step_words: int) -> tuple[str | None, str]:
     """(canonical CoD text, '') when valid, else (None, reason). A reply cut at the token limit
     is trimmed back to its last full sentence first."""
     text = trim_to_sentence(c.text) if c.truncated else c.text
-    problems = cod_problems(text, max_step_words)
+    problems = cod_problems(text, max_step_words, benign=rec["category"] == BENIGN, prompt=rec["prompt"])
     if problems:
         return None, problems[0]
     draft = parse_cod(text)
     return format_cod(draft.steps, draft.answer), ""
 
 
-def _clean_rejected(c: Completion) -> tuple[str | None, str]:
+def shape_problems(chosen: str, rejected: str, tolerance: float = 0.5) -> list[str]:
+    """Why a rejected reply's shape gives it away: no draft, or an answer whose length differs from
+    the chosen answer's by more than ``tolerance`` of it (in words)."""
+    c, r = parse_cod(chosen), parse_cod(rejected)
+    if r is None:
+        return [f"rejected reply has no draft (the chosen reply's shape: steps, '{SEPARATOR}', answer)"]
+    if c is None:
+        return []
+    wc, wr = len(c.answer.split()), len(r.answer.split())
+    if abs(wr - wc) > tolerance * wc:
+        return [f"rejected answer has {wr} words, the chosen one {wc} (a similar length is asked for)"]
+    return []
+
+
+def _clean_rejected(rec: dict, c: Completion, chosen: str, max_step_words: int) -> tuple[str | None, str]:
     text = (trim_to_sentence(c.text) if c.truncated else c.text).strip()
-    problems = rejected_problems(text)
-    return (None, problems[0]) if problems else (text, "")
+    problems = rejected_problems(text, max_step_words, benign=rec["category"] == BENIGN, prompt=rec["prompt"],
+                                 reference=chosen) or shape_problems(chosen, text)
+    if problems:
+        return None, problems[0]
+    draft = parse_cod(text)
+    return format_cod(draft.steps, draft.answer), ""
+
+
+def benign_kinds(prompts: list[dict]) -> dict[str, int]:
+    """Rank of each benign prompt among the benign ids (sorted), which picks its negative kind:
+    :func:`benign_kind` rotates through the five kinds, so each gets a fifth of the prompts."""
+    ids = sorted(str(r["id"]) for r in prompts if r["category"] == BENIGN)
+    return {rid: i for i, rid in enumerate(ids)}
+
+
+def benign_kind(rank: int, attempt: int = 0) -> str:
+    """The negative kind asked for the benign prompt of ``rank``; the next kind on a retry."""
+    kinds = list(BENIGN_NEGATIVE_KINDS)
+    return kinds[(rank + attempt) % len(kinds)]
+
+
+def _category(taxonomy: Taxonomy, slug: str):
+    return BENIGN_CATEGORY if slug == BENIGN else taxonomy[slug]
 
 
 def _generate_valid(generator: Generator, items: list[dict], make_messages: Callable[[dict, int], list[dict]],
-                    clean: Callable[[Completion], tuple[str | None, str]], attempts: int, max_new_tokens: int,
+                    clean: Callable[[dict, Completion], tuple[str | None, str]], attempts: int, max_new_tokens: int,
                     temperature: float, seed: int, report: BuildReport, kind: str,
                     draft_format=None) -> dict[str, str | tuple]:
     """id -> valid text, or id -> ("failed", last reason); raises GenerationError when the
@@ -155,7 +200,7 @@ def _generate_valid(generator: Generator, items: list[dict], make_messages: Call
                 results[rec["id"]] = ("failed", f"{kind}: {c.error}")
                 fatal = fatal or (c.error if c.fatal else None)
                 continue
-            text, reason = clean(c)
+            text, reason = clean(rec, c)
             if text is not None:
                 results[rec["id"]] = text
             else:
@@ -175,19 +220,26 @@ def _generate_chunk(generator, chunk, taxonomy, examples, cfg, report) -> tuple[
 
     def chosen_msgs(rec, attempt):
         exs = _pick_examples(examples.get(rec["category"], []), rec["prompt"], k, attempt)
-        return chosen_messages(rec["prompt"], taxonomy[rec["category"]], msw, exs)
+        return chosen_messages(rec["prompt"], _category(taxonomy, rec["category"]), msw, exs)
 
     def rejected_msgs(rec, attempt):
-        exs = _pick_examples(examples.get(rec["category"], []), rec["prompt"], k, attempt)
-        return rejected_messages(rec["prompt"], taxonomy[rec["category"]], exs)
+        pool, kind = examples.get(rec["category"], []), None
+        if rec["category"] == BENIGN:  # few-shot examples of the same negative kind
+            kind = benign_kind(cfg["benign_rank"][str(rec["id"])], attempt)
+            pool = [ex for ex in pool if _example_kind(ex) == kind] or pool
+        exs = _pick_examples(pool, rec["prompt"], k, attempt)
+        return rejected_messages(rec["prompt"], _category(taxonomy, rec["category"]), exs, msw, kind)
 
     common = dict(attempts=cfg["attempts"], max_new_tokens=cfg["max_new_tokens"],
-                  temperature=cfg["temperature"], seed=cfg["seed"], report=report)
+                  temperature=cfg["temperature"], seed=cfg["seed"], report=report,
+                  draft_format=DraftFormat(steps=len(STEP_ORDER), max_step_words=msw))
     try:
-        chosen = _generate_valid(generator, chunk, chosen_msgs, lambda c: _clean_chosen(c, msw), kind="chosen",
-                                 draft_format=DraftFormat(steps=len(STEP_ORDER), max_step_words=msw), **common)
+        chosen = _generate_valid(generator, chunk, chosen_msgs, lambda rec, c: _clean_chosen(rec, c, msw),
+                                 kind="chosen", **common)
         ok = [r for r in chunk if isinstance(chosen.get(r["id"]), str)]
-        rejected = _generate_valid(generator, ok, rejected_msgs, _clean_rejected, kind="rejected", **common)
+        rejected = _generate_valid(generator, ok, rejected_msgs,
+                                   lambda rec, c: _clean_rejected(rec, c, chosen[rec["id"]], msw),
+                                   kind="rejected", **common)
     except GenerationError as e:
         return [], str(e)  # the whole chunk is redone on resume
     records = []
@@ -200,6 +252,15 @@ def _generate_chunk(generator, chunk, taxonomy, examples, cfg, report) -> tuple[
         else:
             report.failed[_reason_key((r if isinstance(c, str) else c)[1])] += 1
     return records, None
+
+
+def _example_kind(ex: dict) -> str | None:
+    """The negative kind of a benign example record's rejected reply (cached on the record)."""
+    if "_kind" not in ex:
+        rej, cho = parse_cod(ex["rejected"]), parse_cod(ex["chosen"])
+        ex["_kind"] = negative_kind(ex["prompt"], rej.answer if rej else ex["rejected"],
+                                    reference=cho.answer if cho else ex["chosen"])
+    return ex["_kind"]
 
 
 def _reason_key(reason: str) -> str:
@@ -247,7 +308,7 @@ def build_dataset(prompts: list[dict], generator: Generator, taxonomy: Taxonomy,
     if report.resumed:
         log(f"resuming: {report.resumed} records already in {part}, {len(pending)} to generate")
     cfg = dict(shots=shots, max_step_words=max_step_words, attempts=attempts, max_new_tokens=max_new_tokens,
-               temperature=temperature, seed=seed, source_tag=source_tag)
+               temperature=temperature, seed=seed, source_tag=source_tag, benign_rank=benign_kinds(selected))
     out.parent.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(pending), chunk_size):
         records, fatal = _generate_chunk(generator, pending[start:start + chunk_size], taxonomy,
@@ -274,22 +335,33 @@ def _balance_valid(records: list[dict], taxonomy: Taxonomy, wanted_cats: list[st
 
     Balancing warnings (a category with no valid record, upsampling) go to ``log``: a category
     the prompts had but the generator never got right is left out and named, not hidden."""
-    valid = [r for r in records if r.get("category") in taxonomy
-             and not cod_problems(r.get("chosen", ""), max_step_words) and not rejected_problems(r.get("rejected", ""))]
+    valid = [r for r in records
+             if (r.get("category") in taxonomy or r.get("category") == BENIGN) and _valid(r, max_step_words)]
     if len(valid) < len(records):
         report.failed["invalid record in partial file"] += len(records) - len(valid)
-    ordered = sorted(valid, key=lambda r: (taxonomy.index(r["category"]), str(r["id"])))
+    order = {slug: i for i, slug in enumerate(taxonomy.slugs + [BENIGN])}
+    ordered = sorted(valid, key=lambda r: (order[r["category"]], str(r["id"])))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         balanced = balance(ordered, balance_mode, seed=seed, cap=cap, categories=wanted_cats)
     for w in caught:
         log(f"warning: {w.message}")
-    balanced.sort(key=lambda r: (taxonomy.index(r["category"]), str(r["id"])))
+    balanced.sort(key=lambda r: (order[r["category"]], str(r["id"])))
     report.counts = {slug: sum(r["category"] == slug for r in balanced) for slug in taxonomy.slugs}
+    if any(r["category"] == BENIGN for r in balanced):
+        report.counts[BENIGN] = sum(r["category"] == BENIGN for r in balanced)
     if not balanced:
         raise GenerationError(f"no valid records were produced ({dict(report.failed)}); "
                               "try more --attempts, a larger --max-new-tokens or a stronger model")
     return balanced
+
+
+def _valid(rec: dict, max_step_words: int) -> bool:
+    """A finished record still passes the strict checks of its branch (the partial file may be old or edited)."""
+    branch = {"benign": rec.get("category") == BENIGN, "prompt": rec.get("prompt", "")}
+    chosen, rejected = rec.get("chosen", ""), rec.get("rejected", "")
+    return not cod_problems(chosen, max_step_words, **branch) and \
+        not rejected_problems(rejected, max_step_words, reference=chosen, **branch)
 
 
 def _write_outputs(balanced: list[dict], out: Path, part: Path, *, val_fraction: float, test_fraction: float,

@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     v.add_argument("--kind", default="auto", choices=("auto", "cod", "prompts", "benign", "jailbreaks"),
                    help="file kind (auto: .json = jailbreaks; JSONL by its first record's fields)")
     v.add_argument("--strict", action="store_true",
-                   help="also check the Chain-of-Draft format of chosen and that rejected does not refuse")
+                   help="also check the Chain-of-Draft format of both branches: harmful chosen refuses and "
+                        "rejected does not; benign chosen answers and rejected is a refusal, evasion, lecture, "
+                        "off-topic answer or repetition")
     v.add_argument("--max-step-words", type=int, default=5, help="with --strict: most words per draft step")
     v.add_argument("--taxonomy", metavar="FILE", help="taxonomy YAML (default: the shipped 7 categories)")
     v.set_defaults(func=cmd_validate)
@@ -47,8 +49,10 @@ def register(subparsers) -> None:
 def _register_build(sub) -> None:
     b = sub.add_parser(
         "build", help="generate a balanced CoD dataset (local model or OpenAI-compatible server)",
-        description="Generate introspective CoD responses (chosen) and principle-violating replies (rejected) "
-                    "for harmful prompts, validate, deduplicate, balance per category, split, and write "
+        description="Generate introspective CoD responses (chosen) and same-shaped wrong replies (rejected): "
+                    "for harmful prompts a refusal draft vs a principle-violating reply, for benign prompts "
+                    "(category benign) an answer draft vs an unnecessary refusal, evasion, lecture, off-topic "
+                    "answer or repetition loop; validate, deduplicate, balance per category, split, and write "
                     "atomically. Settings come from the config's data section (generator, generator_model, "
                     "api_base, api_key_env, concurrency, request_timeout, max_retries, requests_per_second, "
                     "max_step_words, balance, seed, val_fraction, test_fraction, taxonomy). Rerunning an "
@@ -118,6 +122,7 @@ def cmd_build(args) -> int:
     from ..config import load_config
     from . import shipped
     from .build import GenerationError, build_dataset
+    from .cod import BENIGN
     from .importers import import_prompts
     from .validate import load_records
 
@@ -137,7 +142,7 @@ def cmd_build(args) -> int:
     if not prompts:
         raise UserError("no prompts to build from", where=str(args.prompts or shipped("prompts")))
     demo = load_records(shipped("cod"))
-    examples = {slug: [r for r in demo if r["category"] == slug] or demo for slug in taxonomy.slugs}
+    examples = {slug: [r for r in demo if r["category"] == slug] or demo for slug in taxonomy.slugs + [BENIGN]}
     generator = _make_generator(d, args.batch_size, constrain=not args.no_constrain)
     try:
         result = build_dataset(

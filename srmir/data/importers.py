@@ -1,6 +1,7 @@
 """Prompt importers: generic JSONL/CSV/TXT with a column mapping, and three published formats.
 
 Every importer yields ``{"id", "category", "prompt", "source"}`` records in the taxonomy's slugs
+(or ``"benign"``: a prompt for the answer branch, which a mapping or ``--category`` may name too)
 plus an :class:`ImportReport`. A *category mapping file* (YAML ``{source label: slug or null}``)
 translates the dataset's own labels; ``null`` excludes a label on purpose (e.g. BeaverTails'
 ``animal_abuse`` has no counterpart among the seven default categories). Rows whose label is
@@ -29,6 +30,7 @@ import yaml
 
 from ..errors import UserError
 from ..taxonomy import Taxonomy, load_taxonomy
+from .cod import BENIGN
 
 PUBLISHED = ("do_not_answer", "beavertails", "safety_prompts")
 FORMATS = ("jsonl", "csv", "txt") + PUBLISHED
@@ -111,7 +113,7 @@ def load_mapping(path: str | Path, taxonomy: Taxonomy | None = None) -> Category
         raise UserError("expected a non-empty mapping of source label -> category slug (or null)", where=str(path))
     taxonomy = taxonomy or load_taxonomy()
     for label, slug in doc.items():
-        if slug is not None and slug not in taxonomy:
+        if slug is not None and slug not in taxonomy and slug != BENIGN:
             raise UserError(f"label {label!r} maps to unknown category {slug!r} "
                             f"(known: {', '.join(taxonomy.slugs)}, or null)", where=str(path))
     return CategoryMapping({str(k): v for k, v in doc.items()}, str(path))
@@ -191,7 +193,7 @@ def import_prompts(path: str | Path, fmt: str = "auto", mapping: str | Path | Ca
     fmt = _guess_format(path) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", where=str(path))
-    if category is not None and category not in taxonomy:
+    if category is not None and category not in taxonomy and category != BENIGN:
         raise UserError(f"unknown category {category!r} (known: {', '.join(taxonomy.slugs)})", where="--category")
     if mapping is None and fmt in PUBLISHED:
         mapping = shipped_mapping(fmt)
@@ -255,7 +257,7 @@ def _resolve(labels: list[str], mapping: CategoryMapping | None, taxonomy: Taxon
         return None
     if mapping is None:
         for label in labels:
-            if label in taxonomy:
+            if label in taxonomy or label == BENIGN:
                 return label
         report.unmapped[" | ".join(labels)] += 1
         return None

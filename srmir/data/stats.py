@@ -5,7 +5,7 @@ from collections import Counter
 from statistics import mean
 
 from ..taxonomy import Taxonomy
-from .cod import count_words, parse_cod
+from .cod import BENIGN, count_words, negative_kind, parse_cod
 
 
 def _lengths(texts: list[str]) -> dict:
@@ -16,12 +16,19 @@ def _lengths(texts: list[str]) -> dict:
     return {"mean_words": round(mean(words), 2), "min_words": min(words), "max_words": max(words)}
 
 
+def _answer(text: str) -> str:
+    draft = parse_cod(text)
+    return draft.answer if draft is not None else text
+
+
 def dataset_stats(records: list[dict], kind: str, taxonomy: Taxonomy) -> dict:
     """Statistics of validated records of ``kind`` (cod, prompts, benign, jailbreaks).
 
-    ``counts`` lists every taxonomy category (zeros included) for cod/prompts files; ``balanced``
-    is true when all those counts are equal and positive. For cod files, ``draft`` summarizes the
-    Chain-of-Draft steps (steps per response, words per step).
+    ``counts`` lists every taxonomy category (zeros included) for cod/prompts files, then
+    ``benign`` when the file has benign (answer-branch) records; ``balanced`` is true when all the
+    *harm* counts are equal and positive (benign is its own stratum). For cod files, ``draft``
+    summarizes the Chain-of-Draft steps (steps per response, words per step, how many rejected
+    responses carry a draft too) and ``benign_rejected`` counts the benign negatives by kind.
     """
     out: dict = {"kind": kind, "records": len(records)}
     if kind in ("cod", "prompts"):
@@ -29,6 +36,8 @@ def dataset_stats(records: list[dict], kind: str, taxonomy: Taxonomy) -> dict:
         out["counts"] = {slug: cats.get(slug, 0) for slug in taxonomy.slugs}
         values = list(out["counts"].values())
         out["balanced"] = len(set(values)) == 1 and values[0] > 0
+        if cats.get(BENIGN):
+            out["counts"][BENIGN] = cats[BENIGN]
     elif kind == "benign":
         out["counts"] = {"sensitive": sum(r["sensitive"] for r in records),
                          "plain": sum(not r["sensitive"] for r in records)}
@@ -46,7 +55,12 @@ def dataset_stats(records: list[dict], kind: str, taxonomy: Taxonomy) -> dict:
             "mean_steps": round(mean(len(d.steps) for d in drafts), 2) if drafts else 0.0,
             "mean_step_words": round(mean(step_words), 2) if step_words else 0.0,
             "max_step_words": max(step_words, default=0),
+            "rejected_with_separator": sum(parse_cod(r["rejected"]) is not None for r in records),
         }
+        kinds = Counter(negative_kind(r["prompt"], _answer(r["rejected"]), reference=_answer(r["chosen"]))
+                        or "unrecognised" for r in records if r["category"] == BENIGN)
+        if kinds:
+            out["benign_rejected"] = dict(kinds.most_common())
     if any("source" in r for r in records):
         out["sources"] = dict(Counter(r.get("source", "-") for r in records))
     return out
@@ -64,5 +78,7 @@ def format_stats(stats: dict, path: str) -> str:
     if "draft" in stats:
         d = stats["draft"]
         lines.append(f"  draft: {d['mean_steps']} steps on average, {d['mean_step_words']} words per step "
-                     f"(max {d['max_step_words']})")
+                     f"(max {d['max_step_words']}); {d['rejected_with_separator']} rejected with a draft")
+    if "benign_rejected" in stats:
+        lines.append("  benign rejected: " + ", ".join(f"{k} {v}" for k, v in stats["benign_rejected"].items()))
     return "\n".join(lines)

@@ -2,14 +2,17 @@
 
 Four kinds of file, told apart by :func:`detect_kind`:
 
-- ``cod``: JSONL of ``{"id", "category", "prompt", "chosen", "rejected", "source"?}``
-- ``prompts``: JSONL of ``{"id", "category", "prompt", "source"?}`` (builder input, eval sets)
+- ``cod``: JSONL of ``{"id", "category", "prompt", "chosen", "rejected", "source"?}``; ``category``
+  is a taxonomy slug (the refusal branch) or ``"benign"`` (the answer branch, not a harm category)
+- ``prompts``: JSONL of ``{"id", "category", "prompt", "source"?}`` (builder input, eval sets;
+  ``"benign"`` allowed too)
 - ``benign``: JSONL of ``{"id", "prompt", "sensitive": bool, "reference"?}`` (over-refusal)
 - ``jailbreaks``: a JSON list of ``{"name", "template"}`` with one ``{prompt}`` slot
 
 :func:`validate_file` returns every problem as ``file:line: reason``; the ``load_*`` readers
 raise :class:`~srmir.errors.UserError` at the first one. With ``max_step_words`` set,
-``cod`` files are also checked for the Chain-of-Draft format (``srmir data validate --strict``).
+``cod`` files are also checked for the Chain-of-Draft format of both branches (``srmir data validate
+--strict``; see :mod:`srmir.data.cod`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..taxonomy import Taxonomy, load_taxonomy
-from .cod import cod_problems, rejected_problems
+from .cod import BENIGN, cod_problems, rejected_problems
 
 KINDS = ("cod", "prompts", "benign", "jailbreaks")
 _TEXT_FIELDS = {"cod": ("prompt", "chosen", "rejected"), "prompts": ("prompt",), "benign": ("prompt",)}
@@ -128,16 +131,18 @@ def _check_record(obj: object, kind: str, taxonomy: Taxonomy, max_step_words: in
         if name in obj and not (isinstance(obj[name], str) and obj[name].strip()):
             reasons.append(f"field {name!r} must be a non-empty string when present")
     cat = obj.get("category")
-    if isinstance(cat, str) and cat.strip() and cat not in taxonomy:
-        reasons.append(f"unknown category {cat!r} (known: {', '.join(taxonomy.slugs)})")
+    if isinstance(cat, str) and cat.strip() and cat not in taxonomy and cat != BENIGN:
+        reasons.append(f"unknown category {cat!r} (known: {', '.join(taxonomy.slugs)}, and {BENIGN!r})")
     if kind == "benign" and not isinstance(obj.get("sensitive"), bool):
         reasons.append("field 'sensitive' must be true or false")
     if kind == "cod" and not reasons:
         if obj["chosen"].strip() == obj["rejected"].strip():
             reasons.append("chosen and rejected are identical")
         if max_step_words is not None:
-            reasons += [f"chosen: {r}" for r in cod_problems(obj["chosen"], max_step_words)]
-            reasons += [f"rejected: {r}" for r in rejected_problems(obj["rejected"])]
+            branch = {"benign": obj["category"] == BENIGN, "prompt": obj["prompt"]}
+            reasons += [f"chosen: {r}" for r in cod_problems(obj["chosen"], max_step_words, **branch)]
+            reasons += [f"rejected: {r}" for r in rejected_problems(obj["rejected"], max_step_words,
+                                                                   reference=obj["chosen"], **branch)]
     return reasons
 
 

@@ -1,5 +1,11 @@
 """ShadowRewardBank: K reward models of one backbone, scored together in one batched pass.
 
+The K harm RMs (``categories``) may be joined by a *helpfulness* RM (issue 12), trained on benign
+prompts to prefer a helpful answer over an unnecessary refusal, an evasion, a lecture, an
+off-topic answer or a repetition loop. It is one more stacked model of the same backbone, so
+``score_heads`` scores all ``heads`` = ``categories + ["helpfulness"]`` in the same vmapped pass;
+``score`` stays the ``[N, K]`` harm-only contract (its first K columns).
+
 Peers score K reward models with K forward passes (TRL loops over them). Here the K models'
 parameters are stacked along a leading K dimension and the reward model runs once under
 ``torch.func.vmap`` + ``functional_call``, so every matmul is a K-batched matmul.
@@ -11,9 +17,10 @@ a batched tensor, so the shared bottom of the network runs once per batch and th
 begins at the first weight that differs. The result equals K separate forward passes (tested
 against :func:`score_sequential`, the peers' loop).
 
-On disk (:meth:`save_pretrained`): ``bank.json`` (categories, their taxonomy entries, backbone
-reference, pooling, calibration, training summary), ``weights.safetensors`` (``shared.*``,
-``stacked.*`` with a leading K dim, ``buffer.*``), optional ``classifier.safetensors``, and
+On disk (:meth:`save_pretrained`): ``bank.json`` (categories, whether a helpfulness head follows
+them, their taxonomy entries, backbone reference, pooling, calibration of every head, the
+classifier's class labels, training summary), ``weights.safetensors`` (``shared.*``, ``stacked.*``
+with a leading dim of one per head, ``buffer.*``), optional ``classifier.safetensors``, and
 ``backbone/`` (config + tokenizer) — loadable without the training data or the original backbone
 files, and without pickle.
 """
@@ -37,22 +44,30 @@ from .model import PairEncoder, RewardModel, is_decoder, length_batches, load_ba
 
 FORMAT = "srmir.shadow_reward_bank"
 VERSION = 1
+HELPFULNESS = "helpfulness"  # name of the helpfulness RM's score column (not a harm category)
+BENIGN_CLASS = "benign"  # the prompt classifier's class of prompts to answer (srmir.data.cod.BENIGN)
 
 
 class ShadowRewardBank:
-    """K shadow reward models (column k of every score matrix = the RM of ``categories[k]``).
+    """K shadow reward models (column k of every score matrix = the RM of ``categories[k]``), and
+    optionally the helpfulness RM after them (``heads``).
 
     Build one with :meth:`from_models` (after training), :meth:`from_backbone` (untrained, random
     heads) or :meth:`from_pretrained`. ``normalize`` (attribute, or per call) standardizes each
     column with its calibration (mean, std of that RM's scores on validation responses).
+    ``classifier_labels`` names the prompt classifier's classes: the categories, then ``benign``
+    when it was trained with benign prompts.
     """
 
     def __init__(self, config, tokenizer, categories: Sequence[str], stacked: dict, shared: dict, buffers: dict, *,
                  backbone: str, pooling: str, max_length: int, frozen_layers: int,
                  calibration: Optional[dict] = None, normalize: bool = True,
                  classifier: Optional[CategoryClassifier] = None, info: Optional[dict] = None,
-                 taxonomy: Optional[Taxonomy] = None, batch_size: int = 64):
+                 taxonomy: Optional[Taxonomy] = None, batch_size: int = 64, helpfulness: bool = False,
+                 classifier_labels: Optional[Sequence[str]] = None):
         self.categories = list(categories)
+        self.heads = self.categories + ([HELPFULNESS] if helpfulness else [])
+        self.classifier_labels = list(classifier_labels or self.categories)
         self.config, self.tokenizer, self.backbone = config, tokenizer, backbone
         self.pooling = resolve_pooling(pooling, config)
         self.max_length, self.frozen_layers = max_length, frozen_layers
@@ -62,22 +77,30 @@ class ShadowRewardBank:
         self.taxonomy = taxonomy or Taxonomy(tuple(Category(c, c, c) for c in self.categories))
         self._stacked, self._shared, self._buffers = stacked, shared, buffers
         calibration = calibration or {}
-        self.calibration = {c: tuple(calibration.get(c, (0.0, 1.0))) for c in self.categories}
-        self.mean_K = torch.tensor([self.calibration[c][0] for c in self.categories], dtype=torch.float32)
-        self.std_K = torch.tensor([self.calibration[c][1] for c in self.categories], dtype=torch.float32)
+        self.calibration = {h: tuple(calibration.get(h, (0.0, 1.0))) for h in self.heads}
+        self.mean_H = torch.tensor([self.calibration[h][0] for h in self.heads], dtype=torch.float32)
+        self.std_H = torch.tensor([self.calibration[h][1] for h in self.heads], dtype=torch.float32)
         with torch.device("meta"):  # structure only; every tensor comes from the three dicts
             self._skeleton = RewardModel.from_config(config, self.pooling).eval()
 
     # ------------------------------------------------------------------------- construction
 
+    @property
+    def helpfulness(self) -> bool:
+        """True when the bank has a helpfulness RM (the last of ``heads``)."""
+        return HELPFULNESS in self.heads
+
     @classmethod
     def from_models(cls, models: Sequence[RewardModel], tokenizer, categories: Sequence[str], *, backbone: str,
-                    max_length: int, frozen_layers: int = 0, **kwargs) -> "ShadowRewardBank":
-        """Stack K trained reward models (same architecture, or UserError) into a bank."""
-        if len(models) != len(categories) or not models:
-            raise ValueError(f"{len(models)} models for {len(categories)} categories")
+                    max_length: int, frozen_layers: int = 0, helpfulness: bool = False,
+                    **kwargs) -> "ShadowRewardBank":
+        """Stack K trained reward models (same architecture, or UserError) into a bank; with
+        ``helpfulness`` the last of ``models`` is the helpfulness RM (K + 1 models)."""
+        heads = list(categories) + ([HELPFULNESS] if helpfulness else [])
+        if len(models) != len(heads) or not categories:
+            raise ValueError(f"{len(models)} models for {len(heads)} heads ({', '.join(heads)})")
         signature = [_signature(m) for m in models]
-        for cat, sig in zip(categories, signature):
+        for cat, sig in zip(heads, signature):
             if sig != signature[0]:
                 raise UserError(f"the reward model of {cat!r} has a different backbone or pooling than that of "
                                 f"{categories[0]!r}; one bank needs one backbone architecture", where="rewards.backbone")
@@ -85,12 +108,14 @@ class ShadowRewardBank:
         stacked, shared = stack_states(states)
         buffers = {n: b.detach() for n, b in models[0].named_buffers()}
         return cls(models[0].backbone.config, tokenizer, categories, stacked, shared, buffers, backbone=backbone,
-                   pooling=models[0].pooling, max_length=max_length, frozen_layers=frozen_layers, **kwargs)
+                   pooling=models[0].pooling, max_length=max_length, frozen_layers=frozen_layers,
+                   helpfulness=helpfulness, **kwargs)
 
     @classmethod
     def from_backbone(cls, backbone: str, categories: Sequence[str], pooling: str = "auto", max_length: int = 256,
-                      shared_trunk: bool = False, seed: int = 0, **kwargs) -> "ShadowRewardBank":
-        """An untrained bank: K copies of ``backbone`` with seeded random scalar heads.
+                      shared_trunk: bool = False, seed: int = 0, helpfulness: bool = False,
+                      **kwargs) -> "ShadowRewardBank":
+        """An untrained bank: K (+1 with ``helpfulness``) copies of ``backbone`` with seeded random scalar heads.
 
         All K backbones are the pretrained weights, so they are shared (run once); with
         ``shared_trunk`` the bank also records that the whole backbone is frozen (classifier
@@ -98,12 +123,12 @@ class ShadowRewardBank:
         """
         model, tokenizer = load_backbone(backbone)
         models = []
-        for k in range(len(categories)):
+        for k in range(len(categories) + helpfulness):
             torch.manual_seed(seed * 1009 + k)
             models.append(RewardModel(model, pooling))  # one backbone object, K heads
         frozen = model.config.num_hidden_layers if shared_trunk else 0
         return cls.from_models(models, tokenizer, categories, backbone=backbone, max_length=max_length,
-                               frozen_layers=frozen, **kwargs)
+                               frozen_layers=frozen, helpfulness=helpfulness, **kwargs)
 
     # ------------------------------------------------------------------------------ devices
 
@@ -123,7 +148,7 @@ class ShadowRewardBank:
         self._stacked = {n: move(t) for n, t in self._stacked.items()}
         self._shared = {n: move(t) for n, t in self._shared.items()}
         self._buffers = {n: t.to(device) for n, t in self._buffers.items()}  # rotary tables etc. keep their dtype
-        self.mean_K, self.std_K = self.mean_K.to(device), self.std_K.to(device)
+        self.mean_H, self.std_H = self.mean_H.to(device), self.std_H.to(device)
         if self.classifier is not None:
             self.classifier = self.classifier.to(device)
         return self
@@ -137,16 +162,16 @@ class ShadowRewardBank:
         return self.categories.index(slug)
 
     def params_of(self, k: int) -> dict[str, torch.Tensor]:
-        """Every tensor of reward model k (shared + its slice of the stacked + buffers)."""
+        """Every tensor of reward model k of ``heads`` (shared + its slice of the stacked + buffers)."""
         return {**self._shared, **{n: t[k] for n, t in self._stacked.items()}, **self._buffers}
 
     def models(self) -> list[RewardModel]:
-        """K standalone reward models (real modules, eval mode): the sequential reference."""
-        return [_materialize(self.config, self.pooling, self.params_of(k)) for k in range(len(self.categories))]
+        """One standalone reward model per head (real modules, eval mode): the sequential reference."""
+        return [_materialize(self.config, self.pooling, self.params_of(k)) for k in range(len(self.heads))]
 
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw rewards ``[K, B]`` of one collated batch, all K models in one vmapped pass."""
-        if len(self.categories) == 1:  # nothing to batch over; vmap would only add overhead
+        """Raw rewards ``[H, B]`` of one collated batch, every head's model in one vmapped pass."""
+        if len(self.heads) == 1:  # nothing to batch over; vmap would only add overhead
             return functional_call(self._skeleton, self.params_of(0), args=(), kwargs=batch).unsqueeze(0)
         fixed = {**self._shared, **self._buffers}
 
@@ -160,24 +185,32 @@ class ShadowRewardBank:
             return vmap(one_model)(self._stacked)
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str], normalize: Optional[bool] = None,
-              batch_size: Optional[int] = None) -> torch.Tensor:
-        """Scores ``[N, K]`` (float32, on the bank's device, no grad) of N (prompt, response) pairs.
+    def score_heads(self, prompts: Sequence[str], responses: Sequence[str], normalize: Optional[bool] = None,
+                    batch_size: Optional[int] = None) -> torch.Tensor:
+        """Scores ``[N, H]`` (float32, on the bank's device, no grad) of N (prompt, response) pairs by
+        every head: the K harm RMs, then the helpfulness RM when the bank has one.
 
-        Tokenizes once (all K share the tokenizer), batches pairs of similar length, and runs
-        all K models together. ``normalize`` (default: the bank's attribute) applies
-        (s − mean_k) / std_k with each RM's stored calibration.
+        Tokenizes once (all heads share the tokenizer), batches pairs of similar length, and runs
+        all heads together. ``normalize`` (default: the bank's attribute) applies
+        (s − mean_h) / std_h with each RM's stored calibration.
         """
         encoded = self.encoder.tokenize(prompts, responses)
-        scores_NK = torch.empty(len(encoded), len(self.categories), dtype=torch.float32, device=self.device)
+        scores_NH = torch.empty(len(encoded), len(self.heads), dtype=torch.float32, device=self.device)
         for idx in length_batches([len(ids) for ids, _ in encoded], batch_size or self.batch_size):
             batch = self.encoder.collate([encoded[i] for i in idx], self.device)
-            scores_NK[torch.tensor(idx, device=self.device)] = self.forward_batch(batch).T.float()
-        return self.apply_calibration(scores_NK) if (self.normalize if normalize is None else normalize) else scores_NK
+            scores_NH[torch.tensor(idx, device=self.device)] = self.forward_batch(batch).T.float()
+        return self.apply_calibration(scores_NH) if (self.normalize if normalize is None else normalize) else scores_NH
 
-    def apply_calibration(self, scores_NK: torch.Tensor) -> torch.Tensor:
-        """(s − mean_K) / std_K: each RM's scores in units of its own validation spread."""
-        return (scores_NK - self.mean_K.to(scores_NK.device)) / self.std_K.to(scores_NK.device)
+    def score(self, prompts: Sequence[str], responses: Sequence[str], normalize: Optional[bool] = None,
+              batch_size: Optional[int] = None) -> torch.Tensor:
+        """Harm scores ``[N, K]``: the first K columns of :meth:`score_heads` (the DESIGN contract)."""
+        return self.score_heads(prompts, responses, normalize, batch_size)[:, :len(self.categories)]
+
+    def apply_calibration(self, scores_NH: torch.Tensor) -> torch.Tensor:
+        """(s − mean_H) / std_H: each RM's scores in units of its own validation spread (the first
+        ``scores_NH.shape[1]`` heads)."""
+        h = scores_NH.shape[1]
+        return (scores_NH - self.mean_H[:h].to(scores_NH.device)) / self.std_H[:h].to(scores_NH.device)
 
     # --------------------------------------------------------------------- classification
 
@@ -196,10 +229,16 @@ class ShadowRewardBank:
         return torch.cat(feats) if feats else torch.empty(0, self.config.hidden_size)
 
     def classify(self, prompts: Sequence[str]) -> Optional[torch.Tensor]:
-        """Predicted column (category index into ``categories``) per prompt, LongTensor ``[N]``; None without a classifier."""
+        """Predicted class per prompt, LongTensor ``[N]``, an index into ``classifier_labels`` (the
+        category columns, then ``benign`` when the classifier has that class); None without a classifier."""
         if self.classifier is None:
             return None
         return self.classifier.predict(self.embed_prompts(prompts)).to(self.device)
+
+    def classify_labels(self, prompts: Sequence[str]) -> Optional[list[str]]:
+        """Predicted routing label per prompt: a harm slug or ``"benign"``; None without a classifier."""
+        cols = self.classify(prompts)
+        return None if cols is None else [self.classifier_labels[int(c)] for c in cols.tolist()]
 
     # ------------------------------------------------------------------------ persistence
 
@@ -229,6 +268,8 @@ class ShadowRewardBank:
         return {
             "format": FORMAT, "version": VERSION,
             "categories": self.categories,
+            "helpfulness": self.helpfulness,  # a helpfulness RM follows the K harm RMs in weights and calibration
+            "classifier_labels": self.classifier_labels,
             "taxonomy": [{"slug": c.slug, "description": c.description, "principle": c.principle}
                          for c in self.taxonomy],  # the whole taxonomy: data is validated against it
             "backbone": self.backbone, "pooling": self.pooling, "max_length": self.max_length,
@@ -253,19 +294,21 @@ class ShadowRewardBank:
                                 f"({', '.join(taxonomy.slugs)}); it was trained for another taxonomy", where=str(directory))
         weights = load_file(str(directory / "weights.safetensors"))
         split = {p: {n[len(p) + 1:]: t for n, t in weights.items() if n.startswith(p + ".")} for p in ("shared", "stacked", "buffer")}
-        if any(t.shape[0] != len(meta["categories"]) for t in split["stacked"].values()):
-            raise UserError("stacked weights do not match the number of categories", where=str(directory / "weights.safetensors"))
+        heads = len(meta["categories"]) + bool(meta.get("helpfulness"))
+        if any(t.shape[0] != heads for t in split["stacked"].values()):
+            raise UserError("stacked weights do not match the number of reward heads", where=str(directory / "weights.safetensors"))
         classifier = None
         if (directory / "classifier.safetensors").is_file():
             classifier = CategoryClassifier.from_tensors(load_file(str(directory / "classifier.safetensors")))
         known = {"format", "version", "categories", "taxonomy", "backbone", "pooling", "max_length",
-                 "frozen_layers", "normalize", "batch_size", "calibration"}
+                 "frozen_layers", "normalize", "batch_size", "calibration", "helpfulness", "classifier_labels"}
         bank = cls(AutoConfig.from_pretrained(directory / "backbone"), AutoTokenizer.from_pretrained(directory / "backbone"),
                    meta["categories"], split["stacked"], split["shared"], split["buffer"], backbone=meta["backbone"],
                    pooling=meta["pooling"], max_length=meta["max_length"], frozen_layers=meta["frozen_layers"],
                    calibration={c: (v["mean"], v["std"]) for c, v in meta["calibration"].items()},
                    normalize=meta["normalize"], classifier=classifier, batch_size=meta.get("batch_size", 64),
                    taxonomy=Taxonomy(tuple(Category(**e) for e in meta["taxonomy"])),
+                   helpfulness=bool(meta.get("helpfulness")), classifier_labels=meta.get("classifier_labels"),
                    info={k: v for k, v in meta.items() if k not in known})
         return bank.to(device, dtype) if (device is not None or dtype is not None) else bank
 

@@ -1,8 +1,10 @@
 """``srmir rm train`` and ``srmir rm eval``: train the shadow reward models, and measure them.
 
 ``rm train --config CFG [key.sub=value ...] [--out DIR] [--categories a,b]`` splits the CoD data
-(stratified, ``data.*``), trains one RM per category (``rewards.*``), saves the bank to DIR
-(default ``rewards.dir``, else ``runs/rm``), and writes its K×K matrix on the test split to
+(stratified, ``data.*``; benign records are their own stratum), trains one RM per category
+(``rewards.*``) and, when the data has benign records and ``rewards.helpfulness`` is on, the
+helpfulness RM; saves the bank to DIR (default ``rewards.dir``, else ``runs/rm``), and writes its
+matrix on the test split to
 ``DIR/eval.json`` and ``DIR/eval.png``. Launched distributed (``torchrun --nproc_per_node N -m srmir
 rm train ...`` or ``deepspeed``), each RM trains as a DeepSpeed engine over the N ranks. On a
 shared CPU machine set ``OMP_NUM_THREADS=1`` (see docs/benchmarks.md).
@@ -30,12 +32,15 @@ def register(subparsers) -> None:
                            description="Train one Bradley–Terry reward model per harm category and save the bank.")
     train.add_argument("--config", metavar="CFG", help="YAML config file (defaults when omitted)")
     train.add_argument("--out", metavar="DIR", help="bank folder (default: rewards.dir, else runs/rm)")
-    train.add_argument("--categories", metavar="A,B", help="train only these categories (default: rewards.categories, else all)")
+    train.add_argument("--categories", metavar="A,B",
+                       help="train only these categories, 'helpfulness' for the helpfulness RM "
+                            "(default: rewards.categories, else all, and helpfulness when the data has benign records)")
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. rewards.epochs=3")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="pairwise accuracy of each RM on each category",
-                        description="Print the K×K pairwise-accuracy matrix of a saved bank on a CoD data file.")
+                        description="Print the pairwise-accuracy matrix of a saved bank on a CoD data file: one row "
+                                    "per RM (the helpfulness RM last), one column per category (benign last).")
     ev.add_argument("--rm", required=True, metavar="DIR", help="saved reward bank folder")
     ev.add_argument("--data", required=True, metavar="FILE", help="CoD JSONL (prompt, category, chosen, rejected)")
     ev.add_argument("--json", metavar="OUT", help="write {\"pairwise_accuracy\": {rm: {category: acc}}} here")
@@ -60,6 +65,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
     """
     from ..data import load_records, shipped, stratified_split
     from ..taxonomy import load_taxonomy
+    from .bank import HELPFULNESS
     from .evaluate import evaluate_bank, format_matrix, plot_heatmap
     from .train import dist_info, train_bank
 
@@ -67,7 +73,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
     taxonomy = load_taxonomy(d.taxonomy)
     categories = categories or rw.categories
     for c in categories or []:
-        if c not in taxonomy:
+        if c not in taxonomy and c != HELPFULNESS:
             raise UserError(f"unknown category {c!r}; known: {', '.join(taxonomy.slugs)}",
                             where="--categories" if categories_flag else "rewards.categories")
     records = load_records(d.train_file or shipped("cod"), taxonomy)
@@ -80,9 +86,10 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
         train, val, taxonomy, rw.backbone, out, categories, test_records=test, pooling=rw.pooling,
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
         normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log, augment=rw.augment,
+        helpfulness=rw.helpfulness,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
-    log(f"trained {len(bank.categories)} reward models in {time.perf_counter() - t0:.0f} s")
+    log(f"trained {len(bank.heads)} reward models in {time.perf_counter() - t0:.0f} s")
     if test and rank == 0:
         result = evaluate_bank(bank, test)
         result["split"] = "test"

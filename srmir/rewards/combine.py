@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 
 from ..errors import UserError
-from .bank import ShadowRewardBank
+from .bank import BENIGN_CLASS, HELPFULNESS, ShadowRewardBank  # noqa: F401  (re-exported)
 
 WeightSpec = Union[str, Sequence[float]]
 
@@ -53,8 +53,9 @@ def linear_weights(spec: WeightSpec, categories: Sequence[str], counts: Optional
     return w_K / w_K.sum()
 
 
-HELPFULNESS = "helpfulness"  # name of the helpfulness RM's score column (not a harm category)
-BENIGN_LABEL = "benign"  # data label of a prompt that should be answered, not refused
+# HELPFULNESS, the name of the helpfulness RM's score column (not a harm category), is defined beside
+# the bank that owns that column (bank.HELPFULNESS) and re-exported here.
+BENIGN_LABEL = BENIGN_CLASS  # data label of a prompt that should be answered, not refused (srmir.data.cod.BENIGN)
 
 
 @dataclass

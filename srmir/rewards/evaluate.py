@@ -1,9 +1,11 @@
-"""Evaluating a bank: the K×C pairwise-accuracy matrix of each RM on each category's pairs.
+"""Evaluating a bank: the pairwise-accuracy matrix of each RM on each category's pairs.
 
 Entry (k, c) is the fraction of category c's held-out pairs on which RM k scores the chosen
-response above the rejected one. The diagonal is each RM on its own category (specialization);
-off-diagonal entries show how far a shadow RM's judgement carries to other harm types.
-All K RMs score each pair in one batched pass, so the matrix costs two bank passes.
+response above the rejected one. Rows are the bank's heads (the K harm RMs, then the helpfulness
+RM when it has one); columns the data's categories (then ``benign``, the answer-branch pairs). The
+diagonal is each RM on its own category (specialization) and the helpfulness row's ``benign``
+entry is the helpfulness RM on its own pairs; off-diagonal entries show how far an RM's
+judgement carries. All heads score each pair in one batched pass, so the matrix costs two bank passes.
 """
 from __future__ import annotations
 
@@ -11,23 +13,26 @@ import os
 from typing import Sequence
 
 from ..io import atomic_path
-from .bank import ShadowRewardBank
+from .bank import BENIGN_CLASS, ShadowRewardBank
 
 
 def evaluate_bank(bank: ShadowRewardBank, records: Sequence[dict]) -> dict:
-    """``{"pairwise_accuracy": {rm_category: {data_category: acc}}, "pairs": {data_category: n}}``.
+    """``{"pairwise_accuracy": {rm: {data_category: acc}}, "pairs": {data_category: n}}``; ``rm``
+    runs over the bank's heads (categories, then ``helpfulness``).
 
-    Data categories appear in the order of the bank's taxonomy (unknown ones after, sorted).
+    Data categories appear in the order of the bank's taxonomy (unknown ones after, sorted; then ``benign``).
     """
     prompts = [r["prompt"] for r in records]
-    chosen_NK = bank.score(prompts, [r["chosen"] for r in records], normalize=False)
-    rejected_NK = bank.score(prompts, [r["rejected"] for r in records], normalize=False)
-    wins_NK = (chosen_NK > rejected_NK).float().cpu()
+    chosen_NH = bank.score_heads(prompts, [r["chosen"] for r in records], normalize=False)
+    rejected_NH = bank.score_heads(prompts, [r["rejected"] for r in records], normalize=False)
+    wins_NH = (chosen_NH > rejected_NH).float().cpu()
     present = {r["category"] for r in records}
-    data_cats = [c for c in bank.taxonomy.slugs if c in present] + sorted(present - set(bank.taxonomy.slugs))
+    others = sorted(present - set(bank.taxonomy.slugs) - {BENIGN_CLASS})
+    data_cats = [c for c in bank.taxonomy.slugs if c in present] + others
+    data_cats += [BENIGN_CLASS] if BENIGN_CLASS in present else []
     rows = {c: [i for i, r in enumerate(records) if r["category"] == c] for c in data_cats}
-    acc = {rm: {c: round(wins_NK[rows[c], k].mean().item(), 4) for c in data_cats}
-           for k, rm in enumerate(bank.categories)}
+    acc = {rm: {c: round(wins_NH[rows[c], k].mean().item(), 4) for c in data_cats}
+           for k, rm in enumerate(bank.heads)}
     return {"pairwise_accuracy": acc, "pairs": {c: len(rows[c]) for c in data_cats}}
 
 
@@ -60,7 +65,7 @@ def plot_heatmap(result: dict, path: str | os.PathLike) -> None:
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rms)), rms)
     ax.set_xlabel("held-out pairs of category")
-    ax.set_ylabel("shadow reward model")
+    ax.set_ylabel("shadow reward model (helpfulness: benign pairs)")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="black" if v > 0.6 else "white", fontsize=8)

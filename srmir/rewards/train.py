@@ -1,7 +1,9 @@
-"""Training the shadow reward models: one Bradley–Terry reward model per harm category.
+"""Training the shadow reward models: one Bradley–Terry reward model per harm category, and one for helpfulness.
 
 Each category's RM sees only that category's (chosen, rejected) pairs (SRMIR §3.2: a "shadow"
-judge for one slice of the distribution). The loss per pair is
+judge for one slice of the distribution). The *helpfulness* RM sees the benign (answer-branch)
+pairs: a helpful answer over an unnecessary refusal, an evasion, a lecture, an off-topic answer or a
+repetition loop (issue 12), so that GRPO rewards answering benign prompts. The loss per pair is
 
     ℓ = −log σ(r(chosen) − r(rejected) − m) + λ · (r(chosen)² + r(rejected)²)
 
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..taxonomy import Taxonomy
-from .bank import ShadowRewardBank
+from .bank import BENIGN_CLASS, HELPFULNESS, ShadowRewardBank
 from .classifier import CategoryClassifier
 from .model import PairEncoder, RewardModel, freeze_lower, is_decoder, length_batches, load_backbone
 
@@ -172,14 +174,27 @@ def calibrate(model: RewardModel, encoder: PairEncoder, pairs: Sequence[Pair], b
     return scores.mean().item(), max(scores.std(unbiased=False).item(), 1e-6)
 
 
+AUGMENTATIONS = ("answer_only", "prefixes", "negatives")
+
+
 def pairs_by_category(records: Sequence[dict], augment: Sequence[str] = ()) -> dict[str, list[Pair]]:
-    """{category: [(prompt, chosen, rejected), ...]} of CoD records, plus the ``augment`` pairs of
-    each (:func:`augmented_pairs`)."""
+    """{category: [(prompt, chosen, rejected), ...]} of CoD records (``benign`` for the answer
+    branch), plus the ``augment`` pairs of each (:func:`augmented_pairs`, :func:`negative_pairs`);
+    a pair is listed once per category."""
+    pool = [_answer(r["chosen"]) for r in records if r["category"] == BENIGN_CLASS]  # off-topic material
     out: dict[str, list[Pair]] = {}
     for r in records:
         pair = (r["prompt"], r["chosen"], r["rejected"])
-        out.setdefault(r["category"], []).extend([pair, *augmented_pairs(pair, augment)])
-    return out
+        extra = augmented_pairs(pair, augment)
+        if "negatives" in augment:
+            extra += negative_pairs(pair, r["category"] == BENIGN_CLASS, pool)
+        out.setdefault(r["category"], []).extend([pair, *extra])
+    return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items()}
+
+
+def _answer(text: str) -> str:
+    """The answer after a CoD draft (the whole text when it has none)."""
+    return text.split("####", 1)[1].strip() if "####" in text else text
 
 
 PREFIX_WORDS = (8, 16)
@@ -188,9 +203,9 @@ PREFIX_WORDS = (8, 16)
 def augmented_pairs(pair: Pair, augment: Sequence[str]) -> list[Pair]:
     """More pairs from one CoD pair, so an RM judges what the policy will actually write.
 
-    ``answer_only``: the chosen answer after the ``####`` separator, without the draft — a policy
+    ``answer_only``: both answers after the ``####`` separator, without the drafts — a policy
     that refuses well but writes no draft is still preferred to the harmful answer.
-    ``prefixes``: chosen (answer part) and rejected cut to their first 8 and 16 words — GRPO
+    ``prefixes``: the chosen and rejected answers cut to their first 8 and 16 words — GRPO
     rollouts stop at ``max_new_tokens``, and an RM trained on whole answers only need not rank
     their beginnings. Pairs identical to the original (or to each other) are not repeated.
 
@@ -198,20 +213,33 @@ def augmented_pairs(pair: Pair, augment: Sequence[str]) -> list[Pair]:
     [('p', 'No, but here is help.', 'Sure, step one.')]
     """
     prompt, chosen, rejected = pair
-    answer = chosen.split("####", 1)[1].strip() if "####" in chosen else chosen
+    answer, wrong = _answer(chosen), _answer(rejected)
     out: list[Pair] = []
-    if "answer_only" in augment and answer != chosen:
-        out.append((prompt, answer, rejected))
+    if "answer_only" in augment and (answer, wrong) != (chosen, rejected):
+        out.append((prompt, answer, wrong))
     if "prefixes" in augment:
-        words_c, words_r = answer.split(), rejected.split()
+        words_c, words_r = answer.split(), wrong.split()
         for n in PREFIX_WORDS:
             if n < len(words_c) or n < len(words_r):
                 out.append((prompt, " ".join(words_c[:n]), " ".join(words_r[:n])))
     return [p for p in dict.fromkeys(out) if p != pair]
 
 
+def negative_pairs(pair: Pair, benign: bool, pool: Sequence[str] = ()) -> list[Pair]:
+    """Anti-hacking pairs (``negatives``): the proper answer over each generated hack of its branch
+    (:mod:`srmir.rewards.negatives`) — for a harmful prompt the refusal over evasive filler, a loop,
+    an off-topic answer and a refusal collapsing into a loop; for a benign prompt the helpful answer
+    over an unnecessary refusal, an evasion, a lecture, an off-topic answer and a loop."""
+    from .negatives import harm_negatives, helpful_negatives
+
+    prompt, chosen, _ = pair
+    answer = _answer(chosen)
+    texts = (helpful_negatives if benign else harm_negatives)(prompt, answer, [t for t in pool if t != answer])
+    return [(prompt, answer, text) for text in texts.values()]
+
+
 def _check_categories(categories, taxonomy: Taxonomy, train: dict, val: dict) -> list[str]:
-    cats = list(categories) if categories else taxonomy.slugs
+    cats = [c for c in categories if c != HELPFULNESS] if categories else taxonomy.slugs
     for c in cats:
         taxonomy.index(c)  # unknown slug → UserError
         if not train.get(c):
@@ -228,80 +256,106 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
                test_records: Optional[Sequence[dict]] = None, pooling: str = "auto", max_length: int = 256,
                tuned_layers: Optional[int] = 2, shared_trunk: bool = False, normalize: bool = True,
                score_batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print,
-               augment: Sequence[str] = (), **hyperparams) -> ShadowRewardBank:
+               augment: Sequence[str] = (), helpfulness: bool = True, **hyperparams) -> ShadowRewardBank:
     """Train one RM per category (all of ``taxonomy`` or ``categories``), stack them, save to ``out_dir``.
 
+    With ``helpfulness`` (default) and benign records in the data, the helpfulness RM is trained too
+    on the benign pairs (when ``categories`` is given, only if it lists ``"helpfulness"``).
     ``hyperparams`` go to :func:`train_reward_model` (epochs, batch_size, grad_accum, lr, margin,
     l2_reg, patience, bf16). ``tuned_layers``: top blocks fine-tuned per RM (None: all; the
     embeddings and the blocks below stay frozen and shared); ``shared_trunk``: only the K heads
     train. When ``out_dir`` already holds a bank of the same backbone, its RMs of other categories
     are kept (train categories in several runs); another backbone or taxonomy there is an error.
-    ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`); validation is unchanged.
-    Also fits the prompt-category classifier on the training prompts (accuracy on
-    ``test_records``, else on the validation records).
+    ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`, :func:`negative_pairs`);
+    validation is unchanged. Also fits the prompt classifier (the categories, plus ``benign`` when
+    the data has benign prompts) on the training prompts (accuracy on ``test_records``, else on the
+    validation records).
     """
     rank, _ = dist_info()
     train, val = pairs_by_category(train_records, augment), pairs_by_category(val_records)
     cats = _check_categories(categories, taxonomy, train, val)
+    names = cats + ([HELPFULNESS] if _wants_helpfulness(helpfulness, categories, train, val) else [])
     previous = _previous_bank(out_dir, backbone, taxonomy)
     base, tokenizer = load_backbone(backbone)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     encoder = PairEncoder(tokenizer, max_length, decoder=is_decoder(base.config))
     models, calibration, summary = {}, {}, {}
     frozen = 0
-    for k, cat in enumerate(cats):
+    for k, name in enumerate(names):
         t0 = time.perf_counter()
-        log(f"[{k + 1}/{len(cats)}] {cat}: {len(train[cat])} train / {len(val[cat])} val pairs")
-        torch.manual_seed(seed * 1009 + taxonomy.index(cat))  # head init depends on the category, not the run's subset
+        data = BENIGN_CLASS if name == HELPFULNESS else name
+        log(f"[{k + 1}/{len(names)}] {name}: {len(train[data])} train / {len(val[data])} val pairs")
+        # head init depends on the RM, not on the run's subset
+        torch.manual_seed(seed * 1009 + (len(taxonomy) if name == HELPFULNESS else taxonomy.index(name)))
         model = RewardModel(copy.deepcopy(base), pooling).to(device)
         frozen = freeze_lower(model, 0 if shared_trunk else tuned_layers)
-        result = train_reward_model(model, encoder, train[cat], val[cat], seed=seed, log=log, **hyperparams)
-        calibration[cat] = calibrate(model, encoder, val[cat], score_batch_size)
-        summary[cat] = {k2: v for k2, v in result.items()} | {
-            "train_pairs": len(train[cat]), "val_pairs": len(val[cat]), "seconds": round(time.perf_counter() - t0, 1)}
-        models[cat] = model.eval()
-        log(f"  best epoch {result['best_epoch']}: val acc {result['val_accuracy']:.3f} ({summary[cat]['seconds']} s)")
+        result = train_reward_model(model, encoder, train[data], val[data], seed=seed, log=log, **hyperparams)
+        calibration[name] = calibrate(model, encoder, val[data], score_batch_size)
+        summary[name] = {k2: v for k2, v in result.items()} | {
+            "train_pairs": len(train[data]), "val_pairs": len(val[data]), "seconds": round(time.perf_counter() - t0, 1)}
+        models[name] = model.eval()
+        log(f"  best epoch {result['best_epoch']}: val acc {result['val_accuracy']:.3f} ({summary[name]['seconds']} s)")
     if previous is not None:  # keep the earlier run's RMs of the categories not retrained now
-        for cat, model in zip(previous.categories, previous.models()):
-            if cat not in models:
-                models[cat] = model.to(device)
-                calibration[cat] = previous.calibration[cat]
-                summary[cat] = previous.info.get("training", {}).get(cat, {})
+        for name, model in zip(previous.heads, previous.models()):
+            if name not in models:
+                models[name] = model.to(device)
+                calibration[name] = previous.calibration[name]
+                summary[name] = previous.info.get("training", {}).get(name, {})
     order = [c for c in taxonomy.slugs if c in models]
+    heads = order + ([HELPFULNESS] if HELPFULNESS in models else [])
     bank = ShadowRewardBank.from_models(
-        [models[c] for c in order], tokenizer, order, backbone=backbone, max_length=max_length,
+        [models[h] for h in heads], tokenizer, order, backbone=backbone, max_length=max_length,
         frozen_layers=frozen if previous is None else min(frozen, previous.frozen_layers),
         calibration=calibration, normalize=normalize, taxonomy=taxonomy, batch_size=score_batch_size,
-        info={"training": {c: summary[c] for c in order}})
+        info={"training": {h: summary[h] for h in heads}}, helpfulness=HELPFULNESS in models)
     fit_classifier(bank, train_records, test_records if test_records else val_records, log=log)
     if out_dir is not None and rank == 0:
         bank.save_pretrained(out_dir)
-        log(f"saved {len(order)} shadow reward models to {out_dir}")
+        log(f"saved {len(heads)} shadow reward models ({', '.join(heads)}) to {out_dir}")
     from ..runtime.dist import barrier
 
     barrier()
     return bank
 
 
+def _wants_helpfulness(enabled: bool, categories, train: dict, val: dict) -> bool:
+    """Train the helpfulness RM now? Enabled, asked for (no explicit list, or one naming it), and
+    benign pairs to train and validate on (an explicit request without them is an error)."""
+    asked = enabled and (not categories or HELPFULNESS in categories)
+    if not asked or (not categories and not train.get(BENIGN_CLASS)):
+        return False
+    if not train.get(BENIGN_CLASS):
+        raise UserError("the helpfulness RM needs benign training pairs (category 'benign') in the data",
+                        where="data.train_file")
+    if not val.get(BENIGN_CLASS):
+        raise UserError("no validation pairs for the helpfulness RM (benign records; raise data.val_fraction "
+                        "or add data)", where="data.val_fraction")
+    return True
+
+
 def fit_classifier(bank: ShadowRewardBank, train_records: Sequence[dict], eval_records: Sequence[dict],
                    log: Callable[[str], None] = print) -> Optional[float]:
     """Fit ``bank.classifier`` on the prompts of ``train_records``; return its accuracy on ``eval_records``.
 
-    Only categories the bank has are used; with fewer than two there is nothing to classify.
+    Classes: the categories the bank has, then ``benign`` when the training records have benign
+    prompts (``bank.classifier_labels``); with fewer than two classes there is nothing to classify.
     """
-    if len(bank.categories) < 2:
+    benign = any(r["category"] == BENIGN_CLASS for r in train_records)
+    labels = list(bank.categories) + ([BENIGN_CLASS] if benign else [])
+    if len(labels) < 2:
         return None
-    train = [r for r in train_records if r["category"] in bank.categories]
-    test = [r for r in eval_records if r["category"] in bank.categories]
-    labels = torch.tensor([bank.column(r["category"]) for r in train])
-    clf = CategoryClassifier.fit(bank.embed_prompts([r["prompt"] for r in train]), labels, len(bank.categories))
-    bank.classifier = clf.to(bank.device)
+    train = [r for r in train_records if r["category"] in labels]
+    test = [r for r in eval_records if r["category"] in labels]
+    y = torch.tensor([labels.index(r["category"]) for r in train])
+    clf = CategoryClassifier.fit(bank.embed_prompts([r["prompt"] for r in train]), y, len(labels))
+    bank.classifier, bank.classifier_labels = clf.to(bank.device), labels
     acc = None
     if test:
         feats = bank.embed_prompts([r["prompt"] for r in test])
-        acc = bank.classifier.accuracy(feats, torch.tensor([bank.column(r["category"]) for r in test]))
-        log(f"category classifier: accuracy {acc:.3f} on {len(test)} held-out prompts")
+        acc = bank.classifier.accuracy(feats, torch.tensor([labels.index(r["category"]) for r in test]))
+        log(f"category classifier: accuracy {acc:.3f} on {len(test)} held-out prompts ({len(labels)} classes)")
     bank.info["classifier"] = {"accuracy": acc, "eval_prompts": len(test), "train_prompts": len(train),
+                               "classes": labels,
                                "features": f"mean-pooled hidden states after layer {bank.frozen_layers}"}
     return acc
 
