@@ -17,7 +17,8 @@ Two kinds of labelled data:
 
 Per file and tier: accuracy, precision and recall of refusal and of non-answer (three-way) or of
 "not compliance" (binary), the same on the *on-topic* answers (three-way: gold refusal or
-compliance; binary: rows whose answer was not written for another request), and milliseconds per
+compliance; binary: rows whose answer was not written for another request, looked up across all
+the CSV files given), and milliseconds per
 answer. Tiers: ``phrase`` (srmir.eval.judges.classify_answer), ``learned``
 (srmir.eval.learned_judge, trained and cached at first use), ``http`` (an OpenAI-compatible judge
 in the strongreject format: its "refused" item).
@@ -36,6 +37,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_HELDOUT = HERE / "data" / "judge_heldout.jsonl"
 VERDICTS = ("refusal", "compliance", "non_answer")
+
+
+class BadInput(Exception):
+    """A labelled file that cannot be read: reported as one line naming file:line, exit status 2."""
 
 
 def parse_args(argv=None):
@@ -68,7 +73,7 @@ def load_three_way(path: str) -> list[dict]:
         if line.strip():
             r = json.loads(line)
             if r.get("label") not in VERDICTS:
-                raise SystemExit(f"srmir: error: {path}:{lineno}: label must be one of {', '.join(VERDICTS)}")
+                raise BadInput(f"{path}:{lineno}: label must be one of {', '.join(VERDICTS)}")
             rows.append(r)
     return rows
 
@@ -83,22 +88,29 @@ def load_binary(path: str, prompt_col: str, response_col: str, label_col: str) -
     reader = csv.DictReader(io.StringIO("".join(lines[skip:])))
     missing = [c for c in (prompt_col, response_col, label_col) if c not in (reader.fieldnames or [])]
     if missing:
-        raise SystemExit(f"srmir: error: {path}:{skip + 1}: no column {missing[0]!r} (columns: {reader.fieldnames})")
+        raise BadInput(f"{path}:{skip + 1}: no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
     rows = []
     for r in reader:
         label = str(r[label_col]).strip()
         if label not in ("0", "1"):
-            raise SystemExit(f"srmir: error: {path}:{skip + reader.line_num}: {label_col} must be 0 or 1, got {label!r}")
+            raise BadInput(f"{path}:{skip + reader.line_num}: {label_col} must be 0 or 1, got {label!r}")
         rows.append({"prompt": r[prompt_col], "response": r[response_col], "refused": label == "1"})
-    # an answer that also appears, labelled 0, under another request was written for that request:
-    # here it is off-topic (PyRIT labels such rows 1)
-    answered_for = {}
-    for r in rows:
-        if not r["refused"]:
-            answered_for.setdefault(r["response"], set()).add(r["prompt"])
-    for r in rows:
-        r["on_topic"] = not (r["refused"] and answered_for.get(r["response"], {r["prompt"]}) - {r["prompt"]})
     return rows
+
+
+def mark_on_topic(files: list[list[dict]]) -> None:
+    """An answer that also appears, labelled 0, under another request (in any of the files: PyRIT
+    spreads such pairs over refusal.csv and refusal_extra.csv) was written for that request; where
+    it is labelled 1 it is off-topic. Every other row is on-topic."""
+    answered_for: dict[str, set] = {}
+    for rows in files:
+        for r in rows:
+            if not r["refused"]:
+                answered_for.setdefault(r["response"].strip(), set()).add(r["prompt"])
+    for rows in files:
+        for r in rows:
+            elsewhere = answered_for.get(r["response"].strip(), set()) - {r["prompt"]}
+            r["on_topic"] = not (r["refused"] and elsewhere)
 
 
 # ----------------------------------------------------------------------------------- tiers
@@ -114,7 +126,10 @@ def make_tiers(names, args):
         elif name == "learned":
             from srmir.eval.learned_judge import load_or_train
 
+            t0 = time.perf_counter()
             clf = load_or_train()
+            print(f"learned tier: head {clf.key} ready in {time.perf_counter() - t0:.1f} s "
+                  "(trained at first use, then loaded from $SRMIR_CACHE/judges)", file=sys.stderr)
             tiers[name] = lambda ps, rs, clf=clf: clf.classify(ps, rs)
         else:
             from srmir.eval.http_judge import HTTPJudge
@@ -173,8 +188,9 @@ def run(args) -> dict:
         datasets.append((Path(args.heldout).name, "three-way", rows))
         for src in sorted({r.get("source", "") for r in rows}):
             datasets.append((f"{Path(args.heldout).name} [{src}]", "three-way", [r for r in rows if r.get("source") == src]))
-    for path in args.csv:
-        datasets.append((Path(path).name, "binary", load_binary(path, args.prompt_col, args.response_col, args.label_col)))
+    binary = [load_binary(path, args.prompt_col, args.response_col, args.label_col) for path in args.csv]
+    mark_on_topic(binary)
+    datasets += [(Path(path).name, "binary", rows) for path, rows in zip(args.csv, binary)]
     results = {}
     for name, kind, rows in datasets:
         results[name] = {"kind": kind, "tiers": {}}
@@ -208,7 +224,11 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = run(args)
+    try:
+        results = run(args)
+    except (BadInput, OSError, json.JSONDecodeError) as e:
+        print(f"srmir: error: {e}", file=sys.stderr)
+        return 2
     print(markdown(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

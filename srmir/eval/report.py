@@ -50,7 +50,10 @@ def fmt(est: dict | None) -> str:
     if not est or not est.get("n") or est.get("value") is None or math.isnan(est["value"]):
         return "–"
     count = f"{est['k']}/{est['n']}" if "k" in est else f"n={est['n']}"
-    return f"{est['value']:.2f} [{est['lo']:.2f}, {est['hi']:.2f}] {count}"
+    lo, hi = est.get("lo"), est.get("hi")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):  # too few items for an interval
+        return f"{est['value']:.2f} [–] {count}"
+    return f"{est['value']:.2f} [{lo:.2f}, {hi:.2f}] {count}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -258,7 +261,7 @@ def _comparison_note(meta: dict) -> list[str]:
     return ["", "## How to compare with published numbers", "",
             f"- Benchmark version: {files}. Published numbers use the full set; "
             f"this run used {sets['harmful_used']} harmful and {sets['benign_used']} benign prompts "
-            "(eval.limit cuts a balanced subset).",
+            "(eval.limit, when set, cuts a category-balanced subset).",
             f"- Judge: verdicts by the {_tag(meta, 'verdict')}"
             + (f"; HTTP judge `{meta.get('judge_model')}` in the {meta.get('judge_format')} format" if meta.get("judge_model") else "")
             + ". Published StrongREJECT scores come from its rubric grader (GPT-4-class or its fine-tuned "
