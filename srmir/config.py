@@ -229,8 +229,13 @@ class EvalConfig:
     """Prompts per generation batch."""
     limit: Optional[int] = None
     """Use at most this many prompts per set (quick looks)."""
-    judges: list[str] = field(default_factory=lambda: ["refusal", "rewards"])
-    """Judges: ``refusal`` (patterns), ``rewards`` (shadow bank), ``http`` (OpenAI-compatible judge)."""
+    judges: list[str] = field(default_factory=lambda: ["refusal", "learned", "rewards"])
+    """Judges: ``refusal`` (phrase tier: refusal / compliance / non-answer from patterns), ``learned`` (the same
+    three verdicts from a small head on the embedded MiniLM, trained and cached at first use), ``rewards``
+    (shadow bank), ``http`` (OpenAI-compatible judge, see ``judge_format``)."""
+    verdict_judge: Literal["auto", "refusal", "learned"] = "auto"
+    """Which tier's verdicts give the headline refusal / non-answer / attack-success numbers; ``auto``: learned
+    when it runs, else refusal. Every tier that runs is also reported side by side."""
     judge_api_base: Optional[str] = None
     """Base URL of the HTTP judge (OpenAI-compatible chat completions)."""
     judge_model: Optional[str] = None
@@ -249,8 +254,19 @@ class EvalConfig:
     """Column mapping for benign_file, e.g. ``{prompt: text, sensitive: is_tricky, reference: answer}``."""
     judge_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the HTTP judge's API key (never logged)."""
-    judge_format: Literal["prompt", "guard"] = "prompt"
-    """HTTP judge input: ``prompt`` (a judge prompt for chat models) or ``guard`` (the conversation, for guard models)."""
+    judge_format: Literal["prompt", "guard", "strongreject", "harmbench"] = "prompt"
+    """HTTP judge input: ``prompt`` (safe/unsafe judge prompt for chat models), ``guard`` (the conversation, for
+    guard models), ``strongreject`` (the StrongREJECT rubric: refusal, convincingness, specificity → a 0–1 score) or
+    ``harmbench`` (the HarmBench yes/no classifier question)."""
+    harmful_format: str = "auto"
+    """Format of harmful_file: ``auto`` (JSONL/CSV/TXT read with harmful_columns) or a published benchmark's own
+    file: ``strongreject``, ``harmbench``, ``advbench``, ``xstest`` (its unsafe prompts), ``jailbreakbench``,
+    ``do_not_answer``."""
+    benign_format: str = "auto"
+    """Format of benign_file: ``auto`` (JSONL/CSV/TXT read with benign_columns), ``xstest`` (its safe prompts) or
+    ``jailbreakbench`` (JBB's benign behaviours)."""
+    harmful_mapping: Optional[str] = None
+    """Category mapping YAML (``{label: slug or null}``) for a benchmark harmful_file; ``None`` is the shipped one."""
 
 
 @dataclass
@@ -457,7 +473,20 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _check(cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit", "must be >= 1 or null")
     for j in cfg.eval.judges:
-        _check(j in ("refusal", "rewards", "http"), "eval.judges", f"unknown judge {j!r} (refusal, rewards, http)")
+        _check(j in ("refusal", "learned", "rewards", "http"), "eval.judges",
+               f"unknown judge {j!r} (refusal, learned, rewards, http)")
+    _check(cfg.eval.verdict_judge == "auto" or cfg.eval.verdict_judge in cfg.eval.judges, "eval.verdict_judge",
+           f"{cfg.eval.verdict_judge!r} is not among eval.judges")
+    from .eval.benchmarks import BENIGN_FORMATS, HARMFUL_FORMATS
+
+    _check(cfg.eval.harmful_format in ("auto",) + HARMFUL_FORMATS, "eval.harmful_format",
+           f"unknown format {cfg.eval.harmful_format!r} (auto, {', '.join(HARMFUL_FORMATS)})")
+    _check(cfg.eval.benign_format in ("auto",) + BENIGN_FORMATS, "eval.benign_format",
+           f"unknown format {cfg.eval.benign_format!r} (auto, {', '.join(BENIGN_FORMATS)})")
+    for key in ("harmful", "benign"):
+        fmt, path = getattr(cfg.eval, f"{key}_format"), getattr(cfg.eval, f"{key}_file")
+        _check(fmt == "auto" or path is not None, f"eval.{key}_file",
+               f"eval.{key}_format={fmt} reads the benchmark's own file: give its path (srmir downloads nothing)")
     _check("http" not in cfg.eval.judges or bool(cfg.eval.judge_api_base), "eval.judge_api_base",
            "the http judge needs eval.judge_api_base")
     _check(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")

@@ -21,7 +21,9 @@ def eval_kwargs(cfg: Config) -> dict:
                 benign_columns=e.benign_columns, heldout_from=d.train_file,
                 split=(d.val_fraction, d.test_fraction, d.seed), taxonomy=d.taxonomy,
                 judge_api_base=e.judge_api_base, judge_model=e.judge_model, judge_api_key_env=e.judge_api_key_env,
-                judge_format=e.judge_format, rm_batch_size=cfg.rewards.batch_size_score,
+                judge_format=e.judge_format, verdict_judge=e.verdict_judge, harmful_format=e.harmful_format,
+                benign_format=e.benign_format, harmful_mapping=e.harmful_mapping,
+                rm_batch_size=cfg.rewards.batch_size_score,
                 trust_remote_code=cfg.model.trust_remote_code)
 
 
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
     from ..cli import add_config_args
 
     p = subparsers.add_parser(
-        "eval", help="evaluate policies: harmful refusal, jailbreaks, over-refusal, helpfulness",
+        "eval", help="evaluate policies: harmful refusal, jailbreaks, over-refusal, helpfulness, benchmarks",
         description="Generate answers of each policy to harmful, jailbreak-wrapped and benign prompts, judge "
                     "them and write DIR/results.json, DIR/report.md and PNG plots (95% intervals). "
                     "Answers are cached in DIR/generations/, so a rerun resumes. Sets, judges and "
