@@ -185,6 +185,8 @@ def training_examples(seed: int = 0, labelled: Path | None = None) -> list[Examp
     _, _, test = data.stratified_split(records, 0.15, 0.15, 0)
     held = {r["id"] for r in test}
     cod = [r for r in records if r["id"] not in held]
+    # never a prompt the evaluation asks: the CoD test split and the shipped benign eval set
+    eval_prompts = {r["prompt"] for r in test} | {r["prompt"] for r in data.load_benign(data.shipped("benign"))}
     ex: list[Example] = []
     for r in cod:
         chosen = answer_part(r["chosen"])
@@ -199,7 +201,8 @@ def training_examples(seed: int = 0, labelled: Path | None = None) -> list[Examp
             ex.append(Example(r["prompt"], _loop(_first_sentence(chosen), rng), REFUSAL, "refusal-loop"))
     labelled_rows = [json.loads(line) for line in (labelled or LABELLED_ANSWERS).read_text(encoding="utf-8").splitlines()
                      if line.strip()]
-    ex += [Example(r["prompt"], r["response"], r["label"], "smollm2") for r in labelled_rows]
+    ex += [Example(r["prompt"], r["response"], r["label"], "smollm2") for r in labelled_rows
+           if r["prompt"] not in eval_prompts]
 
     answered = [e for e in ex if e.label == COMPLIANCE]
     prompts = list(dict.fromkeys(e.prompt for e in ex))
