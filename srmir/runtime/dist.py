@@ -60,8 +60,10 @@ def _skip_cpu_shm_op() -> None:
     init, used only by its ``inference_all_reduce``, which srmir never calls. The build costs about a
     minute on every fresh machine, and first starts of several processes at once raced into a failed
     link here; gloo does all of srmir's collectives, so the op is not built."""
-    import deepspeed.comm.torch as ds_torch
+    import importlib
 
+    # not `import deepspeed.comm.torch as m`: that binds deepspeed.comm's attribute `torch`, the torch package
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
     ds_torch.build_shm_op = lambda: None
 
 
