@@ -196,7 +196,9 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     for path in bins:
         if not path.is_file():
             raise UserError("weight shard is missing", where=str(path))
-        if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            legacy = f.read(2) == b"\x80\x02"  # torch.save before zip archives: a bare pickle stream
+        if not legacy and not zipfile.is_zipfile(path):
             raise UserError("not a readable PyTorch weights file (truncated or damaged)", where=str(path))
     return {}
 
@@ -449,11 +451,8 @@ def _check_bank_meta(meta: dict, where: Path) -> list[str]:
 def _check_bank_weights(backbone: Path, config_dict: dict, meta: dict, categories: list[str],
                         header: dict, where: str) -> Optional[int]:
     """Every tensor the reward model of the backbone config needs is in weights.safetensors with its
-    shape (stacked ones with a leading K). Returns the embedding rows (for the tokenizer check)."""
-    prefixes = ("shared.", "stacked.", "buffer.")
-    stray = [n for n in header if not n.startswith(prefixes)]
-    if stray:
-        raise UserError(f"not a reward bank's weights (tensor {stray[0]!r}): weights of another model?", where=where)
+    shape (stacked ones with one leading dimension, at least K: a bank may stack more heads than harm
+    categories). Returns the embedding rows (for the tokenizer check)."""
     if "auto_map" in config_dict:
         return None
     import torch
@@ -468,14 +467,15 @@ def _check_bank_weights(backbone: Path, config_dict: dict, meta: dict, categorie
     except Exception as e:  # noqa: BLE001 - any failure to build the skeleton means the backbone config is broken
         raise UserError(f"the backbone config does not build a reward model: {str(e).splitlines()[0]}",
                         where=str(backbone / "config.json")) from None
-    K = len(categories)
+    K, stacked_heads = len(categories), set()
     for name, param in skeleton.named_parameters():
         shape = tuple(param.shape)
         if f"shared.{name}" in header:
             got = header[f"shared.{name}"][1]
         elif f"stacked.{name}" in header:
             got = header[f"stacked.{name}"][1]
-            if not got or got[0] != K:
+            stacked_heads.add(got[0] if got else 0)
+            if len(stacked_heads) > 1 or not got or got[0] < K:
                 raise UserError(f"tensor 'stacked.{name}' holds {got[0] if got else 0} reward models, bank.json "
                                 f"lists {K} categories", where=where)
             got = got[1:]

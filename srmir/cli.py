@@ -63,7 +63,8 @@ def run_main(fn: Callable[[], int]) -> int:
         if os.environ.get("SRMIR_DEBUG"):
             raise
         _end_process_group()
-        print(f"srmir: error: {os_error_line(e)}", file=sys.stderr)
+        if not (getattr(e, "reported_by_rank0", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"srmir: error: {os_error_line(e)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("srmir: interrupted", file=sys.stderr)

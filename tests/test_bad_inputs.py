@@ -687,6 +687,49 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_checkp
         _umount(mnt)
 
 
+def _torchrun(world: World, out: Path, **extra) -> Result:
+    from test_trainer_common import free_port
+
+    argv = world.train_argv(out, train__micro_batch_size=2, **extra)
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+           "--rdzv_endpoint", f"127.0.0.1:{free_port()}", str(ROOT / "train.py"), *map(str, argv)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=world.cli.env, capture_output=True, text=True, timeout=300)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_stop_together_on_a_full_disk_and_fall_back_together(world):
+    """Two ranks under torchrun: a full disk during the step-2 save stops both (one ``srmir: error``
+    line, exit 2 on each rank; torchrun adds its own report), step 1 stays whole; then a copy whose
+    newest checkpoint lost rank 1's random state is skipped by both ranks alike."""
+    d = world.case_dir("two_ranks")
+    mnt = d / "mnt"
+    _mount_tmpfs(mnt, "600k")
+    try:
+        r = _torchrun(world, mnt / "run", train__steps=3, train__save_every=1)
+        ours = [line for line in r.err.splitlines() if "srmir: error:" in line]
+        assert r.rc != 0 and len(ours) == 1 and "No space left on device" in ours[0], r.err[-4000:]
+        assert "exitcode  : 2" in r.err  # both workers exited 2; the only traceback is torchrun's own report
+        assert all("torch/distributed" in f or f.startswith("<frozen") for f in re.findall(r'File "([^"]+)"', r.err))
+        ckpts = mnt / "run" / "checkpoints"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000001"]
+        run = d / "run"
+        copy(ckpts / "step-00000001", run / "checkpoints" / "step-00000001")
+    finally:
+        _umount(mnt)
+    damaged = copy(run / "checkpoints" / "step-00000001", run / "checkpoints" / "step-00000002")
+    (damaged / "rng" / "rank-00001.safetensors").unlink()
+    r = _torchrun(world, run, train__steps=2, train__save_every=1, train__resume="auto")
+    assert r.rc == 0, r.err[-4000:]
+    assert r.out.count("skipping damaged checkpoint step-00000002") == 1 and "at step 1" in r.out
+    assert (run / "policy" / "model.safetensors").is_file()
+    # ZeRO state of two ranks resumed on one: DeepSpeed cannot re-partition it; one line, not its exception
+    r = world.cli.run(["train", *world.train_argv(d / "one", train__steps=2,
+                                                  train__resume=run / "checkpoints" / "step-00000001")])
+    assert r.rc == 2 and len(r.err_lines) == 1 and "world size of 2" in r.err and "Traceback" not in r.err, r.err
+
+
 @pytest.mark.slow
 def test_read_only_output_folder_is_one_line(world):
     d = world.case_dir("read_only")
@@ -831,3 +874,51 @@ def test_no_file_a_run_writes_holds_the_api_key(world, echo_server):
     for secret in (KEY, env["SRMIR_TEST_OTHER_TOKEN"]):
         leaked = [str(p) for p in written if secret.encode() in p.read_bytes()]
         assert not leaked and secret not in r.out + r.err
+
+
+# ============================================================================== in-process units
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--config", "c.yaml", "a.b=1", "--resume", "auto", "c.d=2"],
+    ["rm", "train", "a.b=1", "--config", "c.yaml", "c.d=2", "--out", "o", "e.f=3"],
+    ["eval", "--policy", "p", "a.b=1", "--out", "o", "c.d=2", "--no-plots", "e.f=3"],
+    ["data", "build", "a.b=1", "--out", "o", "c.d=2", "--limit", "3", "e.f=4"],
+    ["pipeline", "--config", "c.yaml", "a.b=1", "--out", "o", "c.d=2"],
+])
+def test_overrides_anywhere_on_every_command(argv):
+    from srmir.cli import build_parser, parse
+
+    args = parse(build_parser(), argv)
+    assert args.overrides == [a for a in argv if "=" in a]  # in order: a later one still wins
+
+
+def test_an_unknown_option_is_still_refused(capsys):
+    from srmir.cli import build_parser, parse
+
+    with pytest.raises(SystemExit) as e:
+        parse(build_parser(), ["train", "--config", "c.yaml", "a.b=1", "--bogus"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_scrub_masks_registered_and_environment_secrets(monkeypatch):
+    from srmir.scrub import register, scrub
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-1234567890")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # a short value is no secret
+    register("custom-key-named-anything")
+    text = scrub("a tok-1234567890 b custom-key-named-anything c false")
+    assert text == "a *** b *** c false"
+
+
+def test_a_torn_metrics_line_is_dropped_only_at_the_end(tmp_path):
+    from srmir.errors import UserError
+    from srmir.trainer.metrics import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
+    with pytest.warns(RuntimeWarning, match="metrics.jsonl:3: dropped a torn last line"):
+        assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(UserError, match="metrics.jsonl:2"):
+        read_metrics(path)

@@ -208,7 +208,9 @@ def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     failure = dist.broadcast_object(failure)  # a collective, like the barrier it replaces: every rank stops
     if failure is not None:
-        raise OSError(failure[0], f"cannot export the policy: {failure[1]}", failure[2])
+        error = OSError(failure[0], f"cannot export the policy: {failure[1]}", failure[2])
+        error.reported_by_rank0 = True  # every rank raises it; one line is enough
+        raise error
     return out_dir
 
 

@@ -123,7 +123,9 @@ def _agree(failure: Optional[tuple], tmp: Path, node_lead: bool) -> None:
         if node_lead:
             shutil.rmtree(tmp, ignore_errors=True)  # frees the space; the previous checkpoint stays the latest
         code, reason, path = failures[0]
-        raise OSError(code, f"cannot write the checkpoint: {reason}", path)
+        error = OSError(code, f"cannot write the checkpoint: {reason}", path)
+        error.reported_by_rank0 = True  # every rank raises it; one line is enough
+        raise error
 
 
 @contextlib.contextmanager
@@ -242,7 +244,8 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         what = f"it holds a {found.group(1)} object" if found else "it holds objects srmir does not write"
         raise UserError(f"refused to unpickle the DeepSpeed state ({what}): a checkpoint is code; resume only "
                         "from checkpoints you wrote", where=str(folder / DS_TAG)) from None
-    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError) as e:
+    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError, _ZeroError) as e:
+        # _ZeroError: e.g. ZeRO state of 2 ranks resumed on 1 (DeepSpeed cannot re-partition it)
         raise UserError(f"cannot load the DeepSpeed state: {_first_line(e)}", where=str(folder / DS_TAG)) from None
     if load_path is None:
         raise UserError("DeepSpeed could not load the engine state", where=str(folder / DS_TAG))
@@ -256,6 +259,13 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         print(f"srmir: warning: checkpoint was written by {state['world_size']} ranks, resuming on "
               f"{dist.world_size()}: random streams restart from the seed", flush=True)
     return state
+
+
+try:
+    from deepspeed.runtime.zero.utils import ZeRORuntimeException as _ZeroError
+except ImportError:  # pragma: no cover - another DeepSpeed layout
+    class _ZeroError(Exception):
+        pass
 
 
 def _read_state(folder: Path) -> dict:
