@@ -244,7 +244,8 @@ def world(tmp_path_factory):
     # (~/.cache/torch_extensions) is rebuilt, and briefly missing, whenever another checkout builds it
     env = {**subprocess_env(), "SRMIR_CACHE": os.environ.get("SRMIR_CACHE", str(root / "cache")),
            "MPLBACKEND": "Agg", "TRANSFORMERS_OFFLINE": "1", "TRITON_INTERPRET": "1",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")),
+           "CUDA_VISIBLE_DEVICES": ""}  # error handling is what is tested, on CPU: a CUDA context does not survive fork
     cli = CLI(root / "server", env)
     w = World(root, cli, files, config, make_bank(root), make_other_bank(root / "other"),
               make_other_policy(root / "other_policy"), root / "run", root / "other_run")
@@ -835,7 +836,7 @@ def test_a_401_says_to_fix_the_key_and_a_closed_port_names_the_host(world, echo_
     r = world.cli.run(_build_argv(d, url, _build_prompts(d)), env={"OPENAI_API_KEY": "sk-wrong-key-000000"})
     errors = [line for line in r.err_lines if line.startswith("srmir: error:")]
     assert r.rc == 1 and "Traceback" not in r.err and len(errors) == 1, r.err  # a generator failure: exit 1
-    assert "HTTP 401" in errors[0] and "set a valid key in $OPENAI_API_KEY" in errors[0] and "--attempts" not in r.err
+    assert "HTTP 401" in errors[0] and "refused the API key in $OPENAI_API_KEY; set a valid one" in errors[0] and "--attempts" not in r.err
     assert "sk-wrong-key" not in r.out + r.err and not (d / "cod.jsonl").exists()
 
     port = srv.server_address[1]

@@ -174,10 +174,10 @@ class OpenAIChatGenerator(Generator):
             self._drop_connection()
             raise _Retryable(f"HTTP {status}", delay=_retry_after(retry_after, self.max_backoff))
         if status in (401, 403):  # no retry or other prompt will help: stop with what to fix
-            why = (f"the server refused the API key in ${self._key_env}" if self._secret else
-                   f"${self._key_env} is not set and the server wants an API key")
-            raise _ClientError(f"HTTP {status}: {why}; set a valid key in ${self._key_env} "
-                               f"(data.api_key_env / eval.judge_api_key_env name the variable)", fatal=True)
+            why = (f"the server refused the API key in ${self._key_env}; set a valid one" if self._secret else
+                   f"the server wants an API key and ${self._key_env} is not set; set it")
+            raise _ClientError(f"HTTP {status}: {why} (data.api_key_env / eval.judge_api_key_env name the variable)",
+                               fatal=True)
         if status != 200:
             raise _ClientError(f"HTTP {status}: {data[:200].decode('utf-8', 'replace')}")
         try:

@@ -233,6 +233,8 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         raise UserError(f"a checkpoint of another model ({theirs['parameters']} parameter tensors, shapes "
                         f"{theirs.get('shapes_sha256')}; model.policy has {mine['parameters']}, {mine['shapes_sha256']})",
                         where=str(folder))
+    from deepspeed.runtime.zero.utils import ZeRORuntimeException
+
     try:
         with _weights_only_unpickling(engine):
             load_path, _ = engine.load_checkpoint(str(folder), tag=DS_TAG, load_optimizer_states=True,
@@ -244,8 +246,8 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         what = f"it holds a {found.group(1)} object" if found else "it holds objects srmir does not write"
         raise UserError(f"refused to unpickle the DeepSpeed state ({what}): a checkpoint is code; resume only "
                         "from checkpoints you wrote", where=str(folder / DS_TAG)) from None
-    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError, _ZeroError) as e:
-        # _ZeroError: e.g. ZeRO state of 2 ranks resumed on 1 (DeepSpeed cannot re-partition it)
+    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError, ZeRORuntimeException) as e:
+        # ZeRORuntimeException: e.g. ZeRO state of 2 ranks resumed on 1 (DeepSpeed cannot re-partition it)
         raise UserError(f"cannot load the DeepSpeed state: {_first_line(e)}", where=str(folder / DS_TAG)) from None
     if load_path is None:
         raise UserError("DeepSpeed could not load the engine state", where=str(folder / DS_TAG))
@@ -259,13 +261,6 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         print(f"srmir: warning: checkpoint was written by {state['world_size']} ranks, resuming on "
               f"{dist.world_size()}: random streams restart from the seed", flush=True)
     return state
-
-
-try:
-    from deepspeed.runtime.zero.utils import ZeRORuntimeException as _ZeroError
-except ImportError:  # pragma: no cover - another DeepSpeed layout
-    class _ZeroError(Exception):
-        pass
 
 
 def _read_state(folder: Path) -> dict:
