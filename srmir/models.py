@@ -68,7 +68,12 @@ def resolve_model(name: str) -> str:
         return name  # a hub id: from_pretrained downloads it, or finds it in the HF cache
     else:
         raise UserError("no such folder (and not a Hugging Face model id)", where=name)
-    check_policy_dir(path)
+    try:
+        check_policy_dir(path)
+    except UserError as e:
+        if name == SMOLLM2:  # our own conversion cache: the way out is to convert again
+            raise UserError(f"{e} (a damaged conversion cache: delete {path} to convert it again)") from None
+        raise
     return path
 
 
