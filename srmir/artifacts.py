@@ -353,9 +353,11 @@ def _check_policy_dir(path_str: str, _key: tuple) -> None:
         raise UserError("empty folder: not a model (expected config.json, weights and tokenizer files)",
                         where=str(path))
     if "config.json" not in names:
+        has_weights = any(n in names for n in _WEIGHT_FILES) or any(n.endswith(".safetensors") for n in names)
         has_tok = any(n in names for n in _VOCAB_FILES)
-        raise UserError("no config.json: " + ("a tokenizer without a model" if has_tok else "not a model folder"),
-                        where=str(path))
+        what = ("weights without their config" if has_weights else "a tokenizer without a model" if has_tok
+                else "not a model folder")
+        raise UserError(f"no config.json: {what}", where=str(path))
     config = _read_json(path / "config.json", "config JSON")
     _model_type_known(config, path)
     if not any(n in names for n in _WEIGHT_FILES):

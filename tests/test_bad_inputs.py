@@ -263,6 +263,12 @@ def world(tmp_path_factory):
     assert r.rc == 0, r.err[-3000:]
     yield w
     cli.close()
+    report = os.environ.get("SRMIR_BAD_INPUTS_REPORT")  # a table of what each case printed, for reviews
+    if report:
+        with open(report, "w") as f:
+            for name, r in sorted(w.results.items()):
+                tb = "Traceback" in r.out + r.err
+                f.write(f"{name}\t{r.rc}\t{'TRACEBACK' if tb else ''}\t{(r.err_lines or [''])[-1]}\n")
 
 
 # ================================================================================ damage helpers
@@ -483,7 +489,7 @@ CASES: dict[str, Case] = {
     "policy_missing_path": Case(_train(lambda w, d: {"model__policy": d / "nowhere/policy"}),
                                 "{d}/nowhere/policy", "no such folder"),
     "policy_no_config": Case(_train(lambda w, d: {"model__policy": _policy(lambda p: (p / "config.json").unlink())(w, d)}),
-                             "{d}/policy", "no config.json"),
+                             "{d}/policy", "no config.json: weights without their config"),
     "policy_tokenizer_only": Case(_train(lambda w, d: {"model__policy": _policy(_policy_tokenizer_only)(w, d)}),
                                   "{d}/policy", "a tokenizer without a model"),
     "policy_bad_model_type": Case(_train(lambda w, d: {"model__policy": _policy(

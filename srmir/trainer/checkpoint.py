@@ -246,9 +246,11 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
         what = f"it holds a {found.group(1)} object" if found else "it holds objects srmir does not write"
         raise UserError(f"refused to unpickle the DeepSpeed state ({what}): a checkpoint is code; resume only "
                         "from checkpoints you wrote", where=str(folder / DS_TAG)) from None
-    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError, ZeRORuntimeException) as e:
-        # ZeRORuntimeException: e.g. ZeRO state of 2 ranks resumed on 1 (DeepSpeed cannot re-partition it)
+    except ZeRORuntimeException as e:  # e.g. ZeRO state of 2 ranks resumed on 1: DeepSpeed cannot re-partition it
         raise UserError(f"cannot load the DeepSpeed state: {_first_line(e)}", where=str(folder / DS_TAG)) from None
+    except (RuntimeError, ValueError, KeyError, EOFError, AssertionError, OSError) as e:
+        hint = "" if (folder / MANIFEST).is_file() else " (a file is truncated or damaged? this checkpoint predates manifests)"
+        raise UserError(f"cannot load the DeepSpeed state{hint}: {_first_line(e)}", where=str(folder / DS_TAG)) from None
     if load_path is None:
         raise UserError("DeepSpeed could not load the engine state", where=str(folder / DS_TAG))
     rng = folder / "rng"
