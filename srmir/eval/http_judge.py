@@ -28,6 +28,7 @@ import re
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from ..scrub import scrub
 from .judges import Sample, Verdict, _digest
 
 JUDGE_PROMPT = """\
@@ -245,4 +246,5 @@ class HTTPJudge:
         failed = [c for c in done if not c.ok]
         if any(c.fatal for c in done) or len(failed) == len(done):
             raise UserError(f"the judge server failed: {failed[0].error}", where="eval.judge_api_base")
-        return [reply_verdict(self.fmt, c.text) if c.ok else Verdict(error=c.error) for c in done]
+        # the client masks the key already; the judge's raw reply is stored, so mask once more here
+        return [reply_verdict(self.fmt, scrub(c.text)) if c.ok else Verdict(error=scrub(c.error)) for c in done]

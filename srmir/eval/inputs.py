@@ -308,11 +308,11 @@ def resolve_policy(spec: str) -> str:
         return resolve_model(spec)
     p = Path(spec).expanduser()
     if p.exists():
-        if (p / "config.json").is_file():
-            return str(p)
-        if (p / "policy" / "config.json").is_file():
-            return str(p / "policy")
-        raise UserError("not a model folder: no config.json here or in policy/ (has training finished?)", where=spec)
+        if (p / "policy").is_dir() and not (p / "config.json").is_file():
+            return resolve_model(str(p / "policy"))  # a training run folder: its exported policy
+        if p.is_dir() and not (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+            raise UserError("a training run without an exported policy/ (has training finished?)", where=spec)
+        return resolve_model(str(p))  # checked at the door: config, weights, tokenizer
     if not _HUB_ID.match(spec):
         raise UserError("policy path does not exist", where=spec)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):

@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import torch
 from torch.func import functional_call, vmap
 
+from ..artifacts import check_reward_bank, write_bank_manifest
 from ..errors import UserError
 from ..taxonomy import Category, Taxonomy
 from .classifier import CategoryClassifier
@@ -260,6 +261,7 @@ class ShadowRewardBank:
             self.config.save_pretrained(tmp / "backbone")
             self.tokenizer.save_pretrained(tmp / "backbone")
             (tmp / "bank.json").write_text(json.dumps(self._metadata(), indent=2) + "\n", encoding="utf-8")
+            write_bank_manifest(tmp)  # last: every file's size and sha256, the tokenizer files and vocabulary
             _replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -286,6 +288,7 @@ class ShadowRewardBank:
         from transformers import AutoConfig, AutoTokenizer
 
         directory = Path(directory)
+        check_reward_bank(directory)  # before anything is loaded: one line naming the broken file
         meta = _read_metadata(directory)
         if taxonomy is not None:
             foreign = [c for c in meta["categories"] if c not in taxonomy]

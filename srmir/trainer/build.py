@@ -168,23 +168,58 @@ def load_reward_bank(directory: Optional[str], taxonomy, device: torch.device, n
 def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
     """Save the policy as an HF folder (config, safetensors, tokenizer) that
     ``AutoModelForCausalLM.from_pretrained`` loads; atomic (temporary folder, then rename).
-    Under ZeRO-3 the shards are consolidated layer by layer onto rank 0 first (a collective)."""
+    Under ZeRO-3 the shards are consolidated layer by layer onto rank 0 first (a collective).
+    A temporary folder left by an export that was killed (its process is gone) is removed first;
+    a failed write (full disk, read-only folder) is an OSError naming the path and the OS reason."""
+    from safetensors import SafetensorError
+
+    from ..io import os_failure
+
     if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict() if dist.is_main() else None
     out_dir = Path(out_dir)
+    failure = None
     if dist.is_main():
+        _remove_stale_exports(out_dir)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")  # mkdir, not mkdtemp: umask modes
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             engine.module.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
+        except (OSError, RuntimeError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+            e = os_failure(e, tmp)
+            failure = (e.errno, e.strerror, e.filename)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    dist.barrier()
+    failure = dist.broadcast_object(failure)  # a collective, like the barrier it replaces: every rank stops
+    if failure is not None:
+        error = OSError(failure[0], f"cannot export the policy: {failure[1]}", failure[2])
+        error.reported_by_rank0 = True  # every rank raises it; one line is enough
+        raise error
     return out_dir
+
+
+def _remove_stale_exports(out_dir: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>`` siblings whose process no longer exists (a SIGKILL mid-export)."""
+    if not out_dir.parent.is_dir():
+        return
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True

@@ -29,6 +29,8 @@ def load_ds_config(path: str | Path) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"invalid JSON: {e.msg}", where=f"{path}:{e.lineno}") from None
+    except UnicodeDecodeError:
+        raise UserError("not valid UTF-8", where=str(path)) from None
     if not isinstance(obj, dict):
         raise UserError("expected a JSON object", where=str(path))
     return obj

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
+from ..errors import UserError
 from ..io import write_jsonl_atomic
+from ..scrub import scrub
 
 # Shown on the progress bar, in this order, when present.
 _BAR_KEYS = (("reward/mean", "reward"), ("kl", "kl"), ("refusal/harmful", "ref_h"), ("refusal/benign", "ref_b"),
@@ -46,7 +49,7 @@ class MetricsLogger:
             return
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(scrub(json.dumps(record)) + "\n")
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and value is not None:
@@ -70,15 +73,39 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics file. A torn last line (the run was killed while appending it) is
+    dropped with a warning; a bad line anywhere else is a UserError naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, line in enumerate(lines[:last + 1]):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if i == last:
+                warnings.warn(f"{path}:{i + 1}: dropped a torn last line (a run killed while writing it)",
+                              RuntimeWarning, stacklevel=2)
+                break
+            raise UserError(f"not a metrics record: {e}", where=f"{path}:{i + 1}") from None
+        records.append(record)
+    return records
 
 
 def _truncate_after(path: Path, step: int) -> None:
     if path.is_file():
-        write_jsonl_atomic(path, [r for r in read_metrics(path) if r.get("step", 0) <= step])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = read_metrics(path)
+        for w in caught:
+            print(f"srmir: warning: {w.message}", flush=True)
+        write_jsonl_atomic(path, [r for r in records if r.get("step", 0) <= step])
 
 
 def _clean(value):

@@ -193,10 +193,18 @@ class GRPORecipe:
         signal.signal(signal.SIGTERM, self._old_sigterm)
 
     def _resume(self) -> None:
+        """``--resume auto``: the newest checkpoint that verifies (a damaged newer one is reported and
+        skipped); ``--resume DIR``: that one, or a UserError naming what is damaged in it."""
         t = self.cfg.train
-        folder = None
+        folder, verified = None, False
         if t.resume == "auto":
-            folder = checkpoint.latest(self.ckpt_root)
+            folder, skipped = checkpoint.find_resumable(self.ckpt_root)
+            for bad, why in skipped if dist.is_main() else []:
+                print(f"srmir: warning: skipping damaged checkpoint {bad.name} ({why})", flush=True)
+            if folder is None and skipped:
+                raise UserError(f"no checkpoint under {self.ckpt_root} verifies (newest: {skipped[0][1]}); move "
+                                "them away to start afresh", where="train.resume")
+            verified = True
         elif t.resume:
             folder = Path(t.resume)
             if not folder.is_dir():
@@ -206,13 +214,16 @@ class GRPORecipe:
                             "or choose another train.output_dir", where="train.output_dir")
         if folder is None:
             return
-        state = checkpoint.load(self.engine, folder)
+        state = checkpoint.load(self.engine, folder, verified=verified)
         try:
             self.sampler.load_state_dict(state["sampler"])
-        except ValueError as e:
+            self.start_step = int(state["step"])
+            self.bad_in_row, self.skipped_total = int(state["bad_in_row"]), int(state["skipped_total"])
+        except ValueError as e:  # the sampler's own message: prompts that differ from the checkpoint's
             raise UserError(str(e), where=str(folder / "trainer_state.json")) from None
-        self.start_step = int(state["step"])
-        self.bad_in_row, self.skipped_total = int(state["bad_in_row"]), int(state["skipped_total"])
+        except (TypeError, KeyError) as e:
+            raise UserError(f"damaged trainer state ({type(e).__name__}: {e})",
+                            where=str(folder / "trainer_state.json")) from None
         if dist.is_main():
             print(f"srmir: resumed from {folder} at step {self.start_step}", flush=True)
 
