@@ -50,19 +50,18 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def run_main(fn: Callable[[], int]) -> int:
     """Run ``fn``; turn a UserError or an operating-system failure into one line on stderr and
-    exit status 2 (after the process group, if any, is torn down)."""
+    exit status 2. (A one-process group is torn down at interpreter exit, ``runtime.dist``; tearing
+    it down here would break a caller that runs srmir again in the same process.)"""
     try:
         return int(fn() or 0)
     except UserError as e:
         if os.environ.get("SRMIR_DEBUG"):
             raise
-        _end_process_group()
         print(f"srmir: error: {e}", file=sys.stderr)
         return UserError.exit_code
     except OSError as e:
         if os.environ.get("SRMIR_DEBUG"):
             raise
-        _end_process_group()
         if not (getattr(e, "reported_by_rank0", False) and os.environ.get("RANK", "0") != "0"):
             print(f"srmir: error: {os_error_line(e)}", file=sys.stderr)
         return UserError.exit_code
@@ -78,17 +77,6 @@ def os_error_line(e: OSError) -> str:
     if where is not None and e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
     return f"{where}: {reason}" if where is not None else f"{type(e).__name__}: {reason}"
-
-
-def _end_process_group() -> None:
-    """A one-process run leaves no process group behind (NCCL warns at exit otherwise); with more
-    ranks the launcher stops the others when this one exits."""
-    dist = sys.modules.get("torch.distributed")
-    try:
-        if dist is not None and dist.is_initialized() and dist.get_world_size() == 1:
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

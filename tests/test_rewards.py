@@ -571,9 +571,10 @@ def test_tiny_backbones_read_words(bert_dir, llama_dir):
     assert len(load_backbone(bert_dir)[1]) == 30522  # MiniLM's WordPiece vocabulary
 
 
-def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult(bert_dir, tmp_path):
+def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult(bert_dir, tmp_path, monkeypatch):
     """Trained with its tokenizer, the RM ranks the refusal above the insult on held-out pairs; the same saved
-    weights behind a broken tokenizer (every word -> [UNK]) score the two identically, so the check fails."""
+    weights behind a broken tokenizer (every word -> [UNK]) are refused at load (the bank's manifest), and
+    loaded past that check they score the two identically — what the check prevents."""
     import shutil
 
     from srmir.rewards.shortcut import word_blind_backbone
@@ -596,6 +597,11 @@ def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult
         f.unlink()
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(f"{blind}/{f}", tmp_path / "rm" / "backbone" / f)
+    with pytest.raises(UserError, match="manifest"):
+        ShadowRewardBank.from_pretrained(tmp_path / "rm")
+    import srmir.rewards.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "check_reward_bank", lambda directory: None)
     broken = ShadowRewardBank.from_pretrained(tmp_path / "rm")
     scores_c = broken.score([r["prompt"] for r in val], [r["chosen"] for r in val], normalize=False)
     scores_r = broken.score([r["prompt"] for r in val], [r["rejected"] for r in val], normalize=False)

@@ -12,6 +12,7 @@ Three launchers start ``train.py`` and each leaves a different trace:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from typing import Any
@@ -52,7 +53,18 @@ def init(local_rank: int | None = None) -> torch.device:
         _skip_cpu_shm_op()
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_destroy_single_process_group)
     return device
+
+
+def _destroy_single_process_group() -> None:
+    """At interpreter exit, a one-process group is destroyed (NCCL warns about one left behind);
+    with more ranks the launcher ends them."""
+    try:
+        if torch_dist.is_initialized() and torch_dist.get_world_size() == 1:
+            torch_dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
 
 
 def _skip_cpu_shm_op() -> None:
