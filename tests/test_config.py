@@ -91,3 +91,14 @@ def test_srmir_help_lists_subcommands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "COMMAND" in out
+
+
+def test_k1_as_a_loss_term_warns():
+    import warnings
+
+    with pytest.warns(UserWarning, match="zero expected gradient"):
+        load_config(None, ["grpo.kl_estimator=k1", "grpo.beta=0.04"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["grpo.kl_estimator=k1", "grpo.beta=0"])  # β = 0: k1 only reports the KL
+        load_config(None, ["grpo.kl_estimator=k3"])
