@@ -191,18 +191,19 @@ def test_shipped_benign_cod_set_has_both_kinds_of_prompt_and_every_negative():
 
 
 def test_shipped_pairs_have_the_same_shape_on_both_sides():
-    """Shape control: every rejected reply is drafted like its chosen reply and about as long."""
+    """Shape control: every rejected reply is drafted like its chosen reply, and has (nearly always exactly) as
+    many tokens — words plus punctuation marks, what a tokenizer that maps every word to [UNK] still sees."""
     import re
 
-    shape = lambda t: (len(re.findall(r"\w+", t)), len(re.findall(r"[^\w\s]", t)))  # noqa: E731
-    punct = []
+    tokens = lambda t: len(re.findall(r"\w+|[^\w\s]", t))  # noqa: E731  (BERT's pre-tokenization)
+    diffs = []
     for r in load_records(shipped("cod"), TAX):
         c, j = parse_cod(r["chosen"]), parse_cod(r["rejected"])
         assert j is not None and len(j.steps) == len(c.steps) == 5, r["id"]
-        (cw, cp), (jw, jp) = shape(r["chosen"]), shape(r["rejected"])
-        assert abs(cw - jw) <= 0.2 * cw, r["id"]
-        punct.append(cp - jp)
-    assert abs(sum(punct) / len(punct)) < 1.0  # no side carries more punctuation by habit
+        diffs.append(tokens(r["chosen"]) - tokens(r["rejected"]))
+        assert abs(diffs[-1]) <= 0.1 * tokens(r["chosen"]), r["id"]
+    assert Counter(diffs)[0] >= 0.75 * len(diffs)  # exact ties: a word-blind RM scores the two alike
+    assert abs(sum(diffs)) / len(diffs) < 0.2  # and the rest favour neither side
 
 
 def _training_prompts() -> list[tuple[str, str]]:

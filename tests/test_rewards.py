@@ -571,12 +571,10 @@ def test_tiny_backbones_read_words(bert_dir, llama_dir):
     assert len(load_backbone(bert_dir)[1]) == 30522  # MiniLM's WordPiece vocabulary
 
 
-def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult(bert_dir, tmp_path, monkeypatch):
+def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult(bert_dir, tmp_path):
     """Trained with its tokenizer, the RM ranks the refusal above the insult on held-out pairs; the same saved
-    weights behind a broken tokenizer (every word -> [UNK]) are refused at load (the bank's manifest), and
-    loaded past that check they score the two identically — what the check prevents."""
-    import shutil
-
+    weights behind a broken tokenizer (every word -> [UNK], what a bank without its vocabulary files gets) score
+    the two identically, so the check fails."""
     from srmir.rewards.shortcut import word_blind_backbone
 
     tax = Taxonomy((Category("insult", "insult", "be respectful"), Category("b", "b", "b")))
@@ -592,17 +590,9 @@ def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult
     bank = train_bank(train, val, tax, bert_dir, tmp_path / "rm", epochs=4, batch_size=4, lr=3e-3, bf16=False,
                       max_length=48, tuned_layers=1, log=lambda s: None)
     assert evaluate_bank(bank, val)["pairwise_accuracy"]["insult"]["insult"] == 1.0
-    blind = word_blind_backbone(bert_dir, tmp_path / "blind")
-    for f in (tmp_path / "rm" / "backbone").glob("tokenizer*"):
-        f.unlink()
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(f"{blind}/{f}", tmp_path / "rm" / "backbone" / f)
-    with pytest.raises(UserError, match="manifest"):
-        ShadowRewardBank.from_pretrained(tmp_path / "rm")
-    import srmir.rewards.bank as bank_module
-
-    monkeypatch.setattr(bank_module, "check_reward_bank", lambda directory: None)
-    broken = ShadowRewardBank.from_pretrained(tmp_path / "rm")
+    blind = load_backbone(word_blind_backbone(bert_dir, tmp_path / "blind"))[1]
+    broken = ShadowRewardBank.from_pretrained(tmp_path / "rm")  # the trained weights ...
+    broken.tokenizer, broken.encoder = blind, PairEncoder(blind, broken.max_length)  # ... behind a broken tokenizer
     scores_c = broken.score([r["prompt"] for r in val], [r["chosen"] for r in val], normalize=False)
     scores_r = broken.score([r["prompt"] for r in val], [r["rejected"] for r in val], normalize=False)
     torch.testing.assert_close(scores_c, scores_r)  # it sees only the shape, and the shapes are equal

@@ -116,3 +116,42 @@ def _distributed_worker(tmp: Path) -> None:
 
 if __name__ == "__main__":
     _distributed_worker(Path(sys.argv[1]))
+
+
+@pytest.mark.slow
+def test_minilm_helpfulness_rm_prefers_the_helpful_answer_to_every_kind_of_negative(tmp_path):
+    """The helpfulness RM alone (MiniLM, 2 epochs, the shipped benign pairs with generated negatives) ranks the
+    held-out helpful answer above each kind of negative: the held-out shipped rejected replies (drafted, all five
+    kinds) and, per prompt, an unnecessary refusal, an evasion, a lecture, an off-topic answer and a loop."""
+    from srmir.data import BENIGN
+    from srmir.data.cod import parse_cod
+    from srmir.rewards import HELPFULNESS, evaluate_bank, train_bank
+    from srmir.rewards.negatives import HELPFUL_KINDS, helpful_negatives
+
+    tax = load_taxonomy()
+    train, val, test = (
+        [r for r in part if r["category"] == BENIGN]
+        for part in stratified_split(load_records(shipped("cod"), tax), 0.15, 0.15, 0))
+    bank = train_bank(train, val, tax, "embedded:minilm", None, [HELPFULNESS], max_length=128, epochs=2,
+                      batch_size=8, lr=1e-4, bf16=False, augment=["negatives"], log=lambda s: None)
+    assert bank.heads == [HELPFULNESS] and len(test) == 10
+    assert evaluate_bank(bank, test)["pairwise_accuracy"][HELPFULNESS][BENIGN] >= 0.9
+    pool = [parse_cod(r["chosen"]).answer for r in train]
+    prompts, responses, kinds = [], [], []
+    for r in test:
+        answer = parse_cod(r["chosen"]).answer
+        for kind, text in {"answer": answer, **helpful_negatives(r["prompt"], answer, pool)}.items():
+            prompts.append(r["prompt"])
+            responses.append(text)
+            kinds.append(kind)
+    s_N = bank.score_heads(prompts, responses)[:, 0].view(len(test), 1 + len(HELPFUL_KINDS))
+    wins = (s_N[:, :1] > s_N[:, 1:]).float().mean(0)  # per kind, over the 10 held-out prompts
+    assert dict(zip(HELPFUL_KINDS, wins.tolist())) == {k: pytest.approx(1.0, abs=0.11) for k in HELPFUL_KINDS}, \
+        dict(zip(HELPFUL_KINDS, wins.tolist()))
+
+
+def test_shortcut_and_probe_scripts_parse_their_command_line():
+    for script in ("bench_shortcut.py", "probe_rewards.py"):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and "usage" in out.stdout, out.stderr

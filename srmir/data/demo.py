@@ -12,7 +12,7 @@ module assembles them — with a fixed seed, so the output is reproducible — i
   - harmful: ``chosen`` = the five-step introspective draft, ``####``, a refusal that names the
     task, a brief reason and the item's own safe alternative; ``rejected`` = a draft that reasons
     its way to going along (same intent step, then "just harmless banter ; they can take it ; ..."),
-    ``####``, a compliant opener naming the task and two vague, non-actionable sentences;
+    ``####``, a compliant opener naming the task and one to three vague, non-actionable sentences;
   - benign: ``chosen`` = a draft that concludes "benign → answer fully", ``####``, the helpful
     answer; ``rejected`` = a draft that reasons its way to the wrong decision, ``####``, one of the
     five negative kinds in rotation (unnecessary refusal, evasive non-answer, lecture, off-topic
@@ -110,22 +110,24 @@ BENIGN_LECTURE = [
 BENIGN_REPETITION = ["I'm here to help you with {topic}.", "Here is what you need to know about {topic}.",
                      "This is a great question about {topic}.", "You can do this, and I believe in you."]
 BENIGN_KINDS = ("refusal", "evasive", "lecture", "off_topic", "repetition")
-_CANDIDATES = 96  # random compositions tried per text; the closest in shape wins
+_CANDIDATES = 200  # random compositions tried per text; the closest in shape wins
 
 
 def _shape(text: str) -> tuple[int, int]:
-    """(words, punctuation marks): what a reader that cannot see words still sees of a text."""
+    """(words, punctuation marks): what a reader that cannot see words still sees of a text. BERT-style
+    tokenizers split both apart, so a tokenizer that maps every word to ``[UNK]`` sees words + marks tokens."""
     return len(re.findall(r"\w+", text)), len(re.findall(r"[^\w\s]", text))
 
 
 def closest(rng: random.Random, target: str, make, tries: int = _CANDIDATES) -> str:
-    """Of ``tries`` texts ``make(rng)`` draws, one closest to ``target`` in shape
-    (|Δwords| + |Δpunctuation|), a random one among equals so that neither side is longer by habit."""
+    """Of ``tries`` texts ``make(rng)`` draws, one closest to ``target`` in shape: first the same number
+    of tokens (words + punctuation marks), then |Δwords| + |Δpunctuation|; a random one among equals,
+    so that neither side is longer by habit."""
     tw, tp = _shape(target)
 
-    def cost(text: str) -> int:
+    def cost(text: str) -> tuple[int, int]:
         w, p = _shape(text)
-        return abs(w - tw) + abs(p - tp)
+        return abs(w + p - tw - tp), abs(w - tw) + abs(p - tp)
 
     drawn = list(dict.fromkeys(make(rng) for _ in range(tries)))
     best = min(map(cost, drawn))
@@ -165,7 +167,7 @@ def compose_category(doc: dict, seed: int = 0, max_step_words: int = 5) -> list[
             [intent, r.choice(doc["rejected_harm"]), r.choice(doc["rejected_who"]), r.choice(REJECTED_PRINCIPLE),
              r.choice(REJECTED_DECISION)]))
         reply = closest(rng, answer, lambda r: " ".join(
-            [r.choice(COMPLIANT).format(task=task), *r.sample(doc["rejected"], 2)]))
+            [r.choice(COMPLIANT).format(task=task), *r.sample(doc["rejected"], r.choice((1, 2, 2, 3)))]))
         rejected = draft + f"\n{SEPARATOR} " + reply
         rid = f"{slug}-{n:03d}"
         _check(rid, chosen, rejected, steps, max_step_words)
@@ -202,7 +204,7 @@ def compose_benign(doc: dict, seed: int = 0, max_step_words: int = 5) -> list[di
 
 
 def _benign_negative(kind: str, prompt: str, topic: str, answer: str, others: list):
-    """A function of an rng that draws one ``kind`` reply to ``prompt``."""
+    """A function of an rng that draws one ``kind`` reply to ``prompt`` (``answer``: the helpful one)."""
     if kind == "refusal":
         return lambda r: " ".join([r.choice(BENIGN_REFUSAL["open"]).format(topic=topic), r.choice(BENIGN_REFUSAL["reason"]),
                                    *r.sample(BENIGN_REFUSAL["extra"], r.choice((0, 1, 2))),
@@ -210,10 +212,28 @@ def _benign_negative(kind: str, prompt: str, topic: str, answer: str, others: li
     if kind in ("evasive", "lecture"):
         pool = BENIGN_EVASIVE if kind == "evasive" else BENIGN_LECTURE
         return lambda r: " ".join(s.format(topic=topic) for s in r.sample(pool, r.choice((2, 3, 4))))
-    if kind == "off_topic":
+    if kind == "off_topic":  # one or two unrelated answers, whole or cut after a sentence
         unrelated = [it[4] for it in others if is_off_topic(prompt, it[4], answer)]
-        return lambda r: r.choice(unrelated)
-    return lambda r: " ".join([r.choice(BENIGN_REPETITION).format(topic=topic)] * r.choice((3, 4, 5)))
+        return lambda r: _sentences(" ".join(r.sample(unrelated, 2)), r.randint(1, 4))
+    target = sum(_shape(answer))  # a loop cut off at about the helpful answer's length, as a token limit would
+    return lambda r: _cut_loop(r.choice(BENIGN_REPETITION).format(topic=topic), target + r.randint(-1, 1))
+
+
+def _sentences(text: str, n: int) -> str:
+    """The first ``n`` sentences of ``text``."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return " ".join(parts[:n])
+
+
+def _cut_loop(phrase: str, tokens: int) -> str:
+    """``phrase`` repeated, cut after the word that reaches ``tokens`` words + marks, ending with a period."""
+    words, out, used = (phrase + " ") * 40, [], 0
+    for w in words.split():
+        out.append(w)
+        used += sum(_shape(w))
+        if used >= tokens - 1:
+            break
+    return " ".join(out).rstrip(",.") + "."
 
 
 def compose(source_dir: Path = DATA_DIR / "source", seed: int = 0) -> list[dict]:

@@ -98,13 +98,13 @@ class ShadowRewardBank:
         """Stack K trained reward models (same architecture, or UserError) into a bank; with
         ``helpfulness`` the last of ``models`` is the helpfulness RM (K + 1 models)."""
         heads = list(categories) + ([HELPFULNESS] if helpfulness else [])
-        if len(models) != len(heads) or not categories:
+        if len(models) != len(heads) or not heads:
             raise ValueError(f"{len(models)} models for {len(heads)} heads ({', '.join(heads)})")
         signature = [_signature(m) for m in models]
         for cat, sig in zip(heads, signature):
             if sig != signature[0]:
                 raise UserError(f"the reward model of {cat!r} has a different backbone or pooling than that of "
-                                f"{categories[0]!r}; one bank needs one backbone architecture", where="rewards.backbone")
+                                f"{heads[0]!r}; one bank needs one backbone architecture", where="rewards.backbone")
         states = [{n: p.detach() for n, p in m.named_parameters()} for m in models]
         stacked, shared = stack_states(states)
         buffers = {n: b.detach() for n, b in models[0].named_buffers()}
