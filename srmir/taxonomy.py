@@ -87,6 +87,9 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
             raise UserError(f"slug {slug!r} must be lower-case letters, digits and underscores", where=where)
         if slug in seen:
             raise UserError(f"duplicate slug {slug!r}", where=where)
+        if slug in ("benign", "helpfulness"):  # the answer branch and its RM: never a harm category
+            raise UserError(f"slug {slug!r} is reserved (benign prompts are answered, not a harm category)",
+                            where=where)
         seen.add(slug)
         cats.append(Category(slug, entry["description"].strip(), entry["principle"].strip()))
     if len(cats) < 1:

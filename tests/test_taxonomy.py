@@ -40,3 +40,16 @@ def test_bad_taxonomy_files(tmp_path, text, message):
     with pytest.raises(UserError, match=message) as e:
         load_taxonomy(p)
     assert "tax.yaml" in str(e.value)
+
+
+def test_reserved_slugs_are_refused(tmp_path):
+    import json
+
+    from srmir.errors import UserError
+    from srmir.taxonomy import load_taxonomy
+
+    for slug in ("benign", "helpfulness"):
+        path = tmp_path / f"{slug}.yaml"
+        path.write_text(json.dumps({"categories": [{"slug": slug, "description": "d", "principle": "p"}]}))
+        with pytest.raises(UserError, match="reserved"):
+            load_taxonomy(path)

@@ -114,10 +114,12 @@ def load_harmful(path: str | Path | None = None, *, columns: Optional[dict[str, 
         records = data.load_records(source, taxonomy)
         val_fraction, test_fraction, seed = split
         _, _, test = data.stratified_split(records, val_fraction, test_fraction, seed)
+        test = [r for r in test if r["category"] != data.BENIGN]  # the answer branch is not a harmful prompt
         if not test:
-            raise UserError(f"the test split is empty (test_fraction={test_fraction})", where=str(source))
+            raise UserError(f"the test split has no harmful prompt (test_fraction={test_fraction})", where=str(source))
         recs = [{"id": str(r["id"]), "category": r["category"], "prompt": r["prompt"]} for r in test]
-        return recs, f"{source.name}: test split ({len(recs)} of {len(records)}, seed {seed})"
+        harmful = sum(r["category"] != data.BENIGN for r in records)
+        return recs, f"{source.name}: test split ({len(recs)} of {harmful} harmful records, seed {seed})"
     path = Path(path)
     columns = dict(columns or {})
     if path.suffix.lower() == ".txt":
