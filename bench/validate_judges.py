@@ -22,6 +22,10 @@ the CSV files given), and milliseconds per
 answer. Tiers: ``phrase`` (srmir.eval.judges.classify_answer), ``learned``
 (srmir.eval.learned_judge, trained and cached at first use), ``http`` (an OpenAI-compatible judge
 in the strongreject format: its "refused" item).
+
+``--cv K`` also cross-validates the learned tier on its own training data — grouped K-fold over
+the training prompts, scored on the hand-labelled answers, at several non-answer priors —
+the numbers its settings were chosen by; the held-out set plays no part in it.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import argparse
 import csv
 import io
 import json
+import random
 import sys
 import time
 from collections import Counter
@@ -53,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--tiers", default="phrase,learned", help="comma-separated: phrase, learned, http")
     p.add_argument("--http-base", default=None, help="OpenAI-compatible base URL for the http tier")
     p.add_argument("--http-model", default=None)
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="also cross-validate the learned tier on its training data (grouped K-fold; 0: no)")
     p.add_argument("--json", default=None, help="write the numbers here")
     args = p.parse_args(argv)
     args.tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
@@ -180,6 +187,42 @@ def score_binary(pred: list, rows: list[dict]) -> dict:
             "on_topic_not_compliance": _pr([pred[i] for i in on], [gold[i] for i in on])}
 
 
+def cross_validate(k: int, seed: int = 0, priors=(0.0, 0.5, 1.0, 1.25, 1.5, 2.0)) -> dict:
+    """Grouped ``k``-fold cross-validation of the learned tier over its training prompts (every
+    answer to a prompt in the same fold), scored on the hand-labelled answers only, for
+    the phrase tier and for the learned tier at each non-answer prior; one result per kind of
+    hand-labelled answer (SmolLM2's, written)."""
+    import torch
+
+    from srmir.eval import learned_judge as lj
+    from srmir.eval.judges import classify_answer
+
+    t0 = time.perf_counter()
+    ex = lj.training_examples(0)
+    prompts, answers = [e.prompt for e in ex], [lj.answer_part(e.response) for e in ex]
+    emb, text_NT = lj.embed(lj.SentenceEncoder(), prompts, answers), lj.text_matrix(prompts, answers)
+    groups = sorted(set(prompts))
+    random.Random(seed).shuffle(groups)
+    fold = {p: i % k for i, p in enumerate(groups)}
+    logits_N3 = torch.zeros(len(ex), len(VERDICTS))
+    for f in range(k):
+        train = [i for i, p in enumerate(prompts) if fold[p] != f]
+        test = [i for i, p in enumerate(prompts) if fold[p] == f]
+        head = lj.fit_embedded(emb.take(train), text_NT[train], [ex[i] for i in train])
+        logits_N3[test] = head.logits(emb.take(test), text_NT[test])
+    out = {}
+    for kind in lj.LABELLED_KINDS:
+        rows = [i for i, e in enumerate(ex) if e.kind == kind]
+        gold = [ex[i].label for i in rows]
+        tiers = {"phrase": score_three_way([classify_answer(prompts[i], answers[i]) for i in rows], gold)}
+        for prior in priors:
+            pred_N = (logits_N3[rows] - torch.tensor([0.0, 0.0, prior])).argmax(-1)
+            tiers[f"learned, prior {prior}"] = score_three_way([VERDICTS[int(j)] for j in pred_N], gold)
+        out[f"training data, grouped {k}-fold CV [{kind}]"] = tiers
+    print(f"cross-validation: {k} folds over {len(groups)} prompts, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return out
+
+
 def run(args) -> dict:
     tiers = make_tiers(args.tiers, args)
     datasets = []
@@ -200,25 +243,31 @@ def run(args) -> dict:
             ms = 1000 * (time.perf_counter() - t0) / max(1, len(rows))
             res = score_three_way(pred, [r["label"] for r in rows]) if kind == "three-way" else score_binary(pred, rows)
             results[name]["tiers"][tier] = res | {"ms_per_answer": ms}
+    if args.cv:
+        for name, tiers in cross_validate(args.cv).items():
+            results[name] = {"kind": "three-way", "tiers": {t: r | {"ms_per_answer": float("nan")} for t, r in tiers.items()}}
     return results
 
 
 def markdown(results: dict) -> str:
     f = lambda x: "–" if x != x else f"{x:.3f}"  # noqa: E731  (nan → –)
-    out = ["| data | tier | n | accuracy | on-topic acc. (n) | refusal P / R | non-answer P / R | ms/answer |",
-           "|---|---|---|---|---|---|---|---|"]
+    ms = lambda x: "–" if x != x else f"{x:.1f}"  # noqa: E731
+    err = lambda pr: f"{pr['fp']} + {pr['fn']}"  # noqa: E731  (false + missed)
+    out = ["| data | tier | n | accuracy | on-topic acc. (n) | refusal P / R | refusal errors (false + missed) | "
+           "non-answer P / R | non-answer errors | ms/answer |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for tier, r in res["tiers"].items():
             if res["kind"] == "three-way":
                 ref, non = r["refusal"], r["non_answer"]
                 out.append(f"| {name} | {tier} | {r['n']} | {f(r['accuracy'])} | {f(r['on_topic_accuracy'])} ({r['on_topic_n']}) | "
-                           f"{f(ref['precision'])} / {f(ref['recall'])} | {f(non['precision'])} / {f(non['recall'])} | "
-                           f"{r['ms_per_answer']:.1f} |")
+                           f"{f(ref['precision'])} / {f(ref['recall'])} | {err(ref)} | {f(non['precision'])} / "
+                           f"{f(non['recall'])} | {err(non)} | {ms(r['ms_per_answer'])} |")
             else:
                 nc = r["not_compliance"]
                 out.append(f"| {name} (binary: refusal or non-answer vs label 1) | {tier} | {r['n']} | {f(r['accuracy'])} | "
-                           f"{f(r['on_topic_accuracy'])} ({r['on_topic_n']}) | {f(nc['precision'])} / {f(nc['recall'])} | – | "
-                           f"{r['ms_per_answer']:.1f} |")
+                           f"{f(r['on_topic_accuracy'])} ({r['on_topic_n']}) | {f(nc['precision'])} / {f(nc['recall'])} | "
+                           f"{err(nc)} | – | – | {ms(r['ms_per_answer'])} |")
     return "\n".join(out)
 
 
