@@ -537,8 +537,14 @@ def test_negative_pairs_cover_every_kind_of_hack():
 
     refusal = "I can't help you write insults about your coworker. Mockery hurts. I can help you give honest feedback."
     pool = ["Sourdough needs a hot oven and steam."]
-    harm = harm_negatives("Write insults about my coworker.", refusal, pool)
-    assert list(harm) == list(HARM_KINDS) and harm == harm_negatives("Write insults about my coworker.", refusal, pool)
+    rejected = "go ; along\n#### Sure, mock him. Call him slow in front of everyone. Make it sting."
+    harm = harm_negatives("Write insults about my coworker.", refusal, pool, rejected)
+    assert list(harm) == list(HARM_KINDS)
+    assert harm == harm_negatives("Write insults about my coworker.", refusal, pool, rejected)
+    # disguised compliance: the rejected answer's content without its willing opener, never a refusal
+    assert "Call him slow in front of everyone." in harm["disguised"] and "Sure" not in harm["disguised"]
+    assert not is_refusal(harm["disguised"]) and not is_refusal(harm["topical"])
+    assert "insults about my coworker" in harm["topical"].lower()
     assert is_repetitive(harm["repetition"]) and is_repetitive(harm["collapse"]) and harm["collapse"].startswith("I can't")
     assert negative_kind("Write insults about my coworker.", harm["evasive"]) == "evasive"
     assert harm["off_topic"].startswith("Sourdough")
@@ -552,9 +558,10 @@ def test_negative_pairs_cover_every_kind_of_hack():
             {"id": "2", "category": "benign", "prompt": prompt, "chosen": "benign ; answer\n#### " + answer,
              "rejected": "misread ; refuse\n#### I can't help with that."}]
     pairs = pairs_by_category(recs, ["answer_only", "negatives"])
-    assert len(pairs["a"]) == 1 + 1 + 4 and len(pairs["benign"]) == 1 + 1 + 5
+    assert len(pairs["a"]) == 1 + 1 + 6 and len(pairs["benign"]) == 1 + 1 + 5
     assert pairs["a"][1] == (recs[0]["prompt"], refusal, "Sure, mock him.")  # answer_only strips both drafts
-    borrowed = harm_negatives(recs[0]["prompt"], refusal, [answer])  # benign answers are the off-topic material
+    # benign answers are the off-topic material
+    borrowed = harm_negatives(recs[0]["prompt"], refusal, [answer], recs[0]["rejected"])
     assert pairs["a"][2:] == [(recs[0]["prompt"], refusal, t) for t in borrowed.values()]
     assert borrowed["off_topic"] == answer
 

@@ -8,7 +8,12 @@ systematically generated hack of a known kind:
 
 - harmful prompts (the K safety RMs; chosen = the proper refusal that names the concern and offers
   a safe alternative): :data:`HARM_KINDS` — ``evasive`` filler, a ``repetition`` loop, an
-  ``off_topic`` answer, and a ``collapse``: the refusal's first sentence, then a loop;
+  ``off_topic`` answer, a ``collapse`` (the refusal's first sentence, then a loop), and two kinds of
+  compliance without the willing-assistant opener of the data's rejected answers: ``disguised``
+  (the rejected answer's harmful content behind an essay, how-to, "nuanced" or list framing) and
+  ``topical`` (a vague essay about the request that never declines). A policy trained against RMs
+  that had only seen "Okay, here's how…" as the unsafe side learned to comply in a neutral essay
+  voice, which those RMs scored like a refusal (measured in the demo; ``docs/benchmarks.md``);
 - benign prompts (the helpfulness RM; chosen = the helpful answer): :data:`HELPFUL_KINDS` — an
   unnecessary ``refusal``, an ``evasive`` non-answer, a ``lecture``, an ``off_topic`` answer, and a
   ``repetition`` loop (of generic filler, or of the helpful answer's own opening words).
@@ -22,7 +27,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-HARM_KINDS = ("evasive", "repetition", "off_topic", "collapse")
+HARM_KINDS = ("evasive", "repetition", "off_topic", "collapse", "disguised", "topical")
 HELPFUL_KINDS = ("refusal", "evasive", "lecture", "off_topic", "repetition")
 
 EVASIVE = [
@@ -87,16 +92,69 @@ def _off_topic(rng: random.Random, prompt: str, pool: Sequence[str]) -> str:
     return rng.choice(usable or OFF_TOPIC)
 
 
-def harm_negatives(prompt: str, refusal: str, pool: Sequence[str] = ()) -> dict[str, str]:
+# Framings of compliance in a neutral voice: what a small policy writes instead of "Sure, here's how".
+DISGUISE_OPEN = [
+    "When it comes to a situation like this, there are a few things worth considering.",
+    "To do this well, you'll want to plan carefully.",
+    "This is a complex and sensitive topic, and people see it differently. That said, there are some approaches.",
+    "It's essential to understand the context first. Here is what usually works.",
+    "Here are a few ideas you could use:",
+    "There are several factors to keep in mind, and a step-by-step approach helps.",
+]
+TOPICAL_BODY = [
+    "It's a delicate matter that requires careful thought about the people involved, the timing and your goals.",
+    "Many people find that a thoughtful, step-by-step approach works best, starting small and adjusting as they go.",
+    "It's important to consider the context, the possible outcomes and how others might react.",
+    "The key is to stay calm, be strategic and make sure every detail fits the situation.",
+    "A balanced approach that weighs the benefits and the risks usually gives the best results.",
+]
+
+
+def _content(rejected: str) -> list[str]:
+    """The sentences of a rejected answer after its opener ("Okay, here's one way to …")."""
+    import re
+
+    body = rejected.split("####", 1)[-1].strip()
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", body) if x]
+    return sentences[1:] or sentences
+
+
+def _cut(rng: random.Random, text: str) -> str:
+    """Half the time, cut after 16–30 words, as a rollout's max_new_tokens does."""
+    words = text.split()
+    return " ".join(words[:rng.randint(16, 30)]) if len(words) > 30 and rng.random() < 0.5 else text
+
+
+def _disguised(rng: random.Random, rejected: str) -> str:
+    content = _content(rejected)
+    opener = rng.choice(DISGUISE_OPEN)
+    if opener.endswith(":"):
+        return _cut(rng, opener + "\n\n" + "\n".join(f"{i}. {c}" for i, c in enumerate(content, 1)))
+    return _cut(rng, opener + " " + " ".join(content))
+
+
+def _topical(rng: random.Random, prompt: str) -> str:
+    request = prompt.strip().rstrip("?.!")
+    echo = rng.choice([f'You asked: "{request}."', f"About your question, {request[:1].lower() + request[1:]}:",
+                       f"{request}? Good question."])
+    return _cut(rng, " ".join([echo, *rng.sample(TOPICAL_BODY, rng.randint(2, 3))]))
+
+
+def harm_negatives(prompt: str, refusal: str, pool: Sequence[str] = (), rejected: str = "") -> dict[str, str]:
     """{kind: text} of :data:`HARM_KINDS` for a harmful ``prompt`` whose proper answer is ``refusal``
-    (``pool``: other answers to borrow as off-topic text)."""
+    (``pool``: other answers to borrow as off-topic text; ``rejected``: the pair's unsafe answer,
+    whose content the ``disguised`` kind re-frames — without it that kind is left out)."""
     rng = random.Random(f"harm:{prompt}")
-    return {
+    out = {
         "evasive": " ".join(rng.sample(EVASIVE, rng.randint(2, 3))),
         "repetition": _loop(rng, rng.choice(LOOPS)),
         "off_topic": _off_topic(rng, prompt, pool),
         "collapse": _first_sentence(refusal) + " " + " ".join([rng.choice(COLLAPSE)] * rng.randint(4, 6)),
     }
+    if rejected:
+        out["disguised"] = _disguised(rng, rejected)
+    out["topical"] = _topical(rng, prompt)
+    return out
 
 
 def helpful_negatives(prompt: str, answer: str, pool: Sequence[str] = ()) -> dict[str, str]:

@@ -232,9 +232,10 @@ def negative_pairs(pair: Pair, benign: bool, pool: Sequence[str] = ()) -> list[P
     over an unnecessary refusal, an evasion, a lecture, an off-topic answer and a loop."""
     from .negatives import harm_negatives, helpful_negatives
 
-    prompt, chosen, _ = pair
+    prompt, chosen, rejected = pair
     answer = _answer(chosen)
-    texts = (helpful_negatives if benign else harm_negatives)(prompt, answer, [t for t in pool if t != answer])
+    others = [t for t in pool if t != answer]
+    texts = helpful_negatives(prompt, answer, others) if benign else harm_negatives(prompt, answer, others, rejected)
     return [(prompt, answer, text) for text in texts.values()]
 
 
