@@ -18,7 +18,7 @@ from srmir.trainer import train
 from srmir.trainer.logprobs import completion_logprobs
 from srmir.trainer.recipe import GRPORecipe
 
-from test_trainer_common import SyntheticReward, tiny_config, tiny_setup
+from test_trainer_common import SyntheticReward, perturb_adapters, tiny_config, tiny_setup
 
 peft = pytest.importorskip("peft", reason="the lora extra (installed by setup.sh --dev)")
 LORA = "{rank: 4, alpha: 8}"
@@ -41,22 +41,6 @@ def recipe_for(files, out, **extra):
                         reward_fn=SyntheticReward())
     recipe.setup()
     return recipe
-
-
-def perturb_adapters(engine, seed=0, scale=0.05):
-    """Give every trainable tensor (B starts at 0) seeded noise, the same on every rank, so the
-    adapters change the model's outputs; ZeRO-3 shards are gathered, written and re-partitioned."""
-    import contextlib
-
-    g = torch.Generator().manual_seed(seed)
-    for _, p in sorted((n, p) for n, p in engine.module.named_parameters() if p.requires_grad):
-        ctx = contextlib.nullcontext()
-        if hasattr(p, "ds_id"):
-            import deepspeed
-
-            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=0)
-        with ctx, torch.no_grad():
-            p.add_(torch.randn(p.shape, generator=g).to(p.dtype), alpha=scale)
 
 
 def base_logprobs(files, inputs, temperature=1.0):
@@ -276,3 +260,54 @@ def test_adapter_folder_passes_its_own_door_check_and_a_broken_one_is_one_line(f
     (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(UserError, match="adapter_model.safetensors: not a readable safetensors file"):
         resolve_model(str(folder))
+
+
+# ------------------------------------------------------------------------------ reward models
+
+
+def test_reward_models_train_through_lora_and_the_bank_stacks_merged_weights(tmp_path):
+    """``rewards.lora``: each RM's top block trains through adapters, merged before stacking — the
+    blocks below stay the backbone's bit for bit (shared, run once for all K), the bank holds no
+    adapter tensor, learns the preference, and scores in one batched pass like its K models alone."""
+    from srmir.rewards import ShadowRewardBank, train_bank
+    from srmir.rewards.bank import score_sequential
+    from srmir.rewards.model import PairEncoder
+    from srmir.taxonomy import Category, Taxonomy
+    from test_rewards import PROMPTS, RESPONSES, synthetic_records
+
+    backbone = tmp_path / "bert"
+    bert = _tiny_bert(backbone)
+    tax = Taxonomy((Category("a", "a", "a"), Category("b", "b", "b")))
+    recs = synthetic_records(["a", "b"], 8)
+    train_recs = [r for r in recs if int(r["id"][1:]) < 6]
+    val_recs = [r for r in recs if int(r["id"][1:]) >= 6]
+    bank = train_bank(train_recs, val_recs, tax, str(backbone), tmp_path / "rm", epochs=3, batch_size=4, lr=1e-2,
+                      bf16=False, max_length=48, tuned_layers=1, log=lambda s: None,
+                      lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "modules_to_save": []})
+    assert bank.frozen_layers == 2 and all(bank.info["training"][c]["val_accuracy"] == 1.0 for c in "ab")
+    base = bert.state_dict()
+    for k in range(2):
+        params = {n.removeprefix("backbone."): t for n, t in bank.params_of(k).items()}
+        assert not any("lora" in n for n in params)
+        assert all(torch.equal(params[n], base[n]) for n in base if ".layer.0." in n or ".layer.1." in n)
+        assert not torch.equal(params["encoder.layer.2.attention.self.query.weight"],
+                               base["encoder.layer.2.attention.self.query.weight"])  # the merged adapter
+    reloaded = ShadowRewardBank.from_pretrained(tmp_path / "rm")
+    scores = reloaded.score(PROMPTS, RESPONSES, normalize=False)
+    sequential = score_sequential(reloaded.models(), PairEncoder(reloaded.tokenizer, 48), PROMPTS, RESPONSES)
+    torch.testing.assert_close(scores, sequential, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_bert(folder):
+    """A tiny random BERT (3 blocks) with the embedded MiniLM tokenizer; returns the model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from srmir.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("embedded:minilm"))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=128))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
