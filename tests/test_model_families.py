@@ -12,7 +12,9 @@ For every family:
 - a rollout stops at every EOS id the model declares anywhere;
 - one GRPO step under ZeRO-2 (gradient checkpointing on: its layers recompute) and ZeRO-3 runs,
   and the exported policy reloads with ``AutoModelForCausalLM`` and gives the trained logits;
-- training and eval encode the same prompt to the same token ids.
+- training and eval encode the same prompt to the same token ids;
+- ``model.lora``'s default targets adapt every block, and the fused log-probs through peft's
+  wrappers equal the merged model's (adapters on) and the base model's (adapters off).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ log-probs so that the KL and the clipping are both active) is pushed through the
 ``_update``; the gradient DeepSpeed holds at the accumulation boundary (before clipping and the
 optimizer step) is read with ``safe_get_full_grad``. Reference: one process, one micro-batch of 8.
 Splits: 1 rank × 4 micro-batches of 2 (here) and 2 ranks × (2 of 2 under ZeRO-2, 4 of 1 under
-ZeRO-3) through torchrun. This file is also the torchrun worker (see ``__main__``).
+ZeRO-3) through torchrun; the same again with LoRA adapters (issue 14). This file is also the
+torchrun worker (see ``__main__``).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ a LoRA *target* head (``base + B·A``) is not one matrix, so it is refused at se
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from pathlib import Path
@@ -166,7 +167,9 @@ def save_adapter(model, state: dict[str, torch.Tensor], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in adapter.items()}, str(folder / ADAPTER_WEIGHTS[0]),
               metadata={"format": "pt"})
-    module.peft_config["default"].save_pretrained(str(folder))
+    config = copy.copy(module.peft_config["default"])
+    config.inference_mode = True  # as peft saves it: loaded for inference unless asked otherwise
+    config.save_pretrained(str(folder))
 
 
 def merged_copy(model, state: dict[str, torch.Tensor], base_path: str, *, dtype: str, attn: str,
@@ -180,12 +183,12 @@ def merged_copy(model, state: dict[str, torch.Tensor], base_path: str, *, dtype:
     module = getattr(model, "module", model)
     config = module.peft_config["default"]
     base = load_causal_lm(base_path, dtype, attn, trust_remote_code, where="model.policy")
-    copy = peft.get_peft_model(base, config, autocast_adapter_dtype=False)
-    names = dict(copy.named_parameters())
+    adapted = peft.get_peft_model(base, config, autocast_adapter_dtype=False)
+    names = dict(adapted.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
             names[name].copy_(value)
-    merged = copy.merge_and_unload()
+    merged = adapted.merge_and_unload()
     head, embed = merged.get_output_embeddings(), merged.get_input_embeddings()
     if head is not None and embed is not None and head.weight is not embed.weight:
         merged.config.tie_word_embeddings = False

@@ -6,6 +6,7 @@ One step (N = prompts_per_step × G sequences over all ranks, n = N / world on t
     generate (ZeRO-3: parameters gathered once)                           [n, C] completions
     score with the shadow bank ─▶ all-gather [N, K] ─▶ combine ─▶ group advantages   [N]
     log-probs without grad: old policy (μ > 1) and frozen reference      [n, C]
+        (model.lora: the reference is the policy engine with its adapters off — no second model)
     μ × (micro-batches: clipped surrogate + β·KL ─▶ backward) ─▶ optimizer step
     metrics, checkpoint
 
@@ -19,6 +20,7 @@ ranks × micro-batches split (``tests/test_trainer_invariance.py``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import resource
 import signal
@@ -121,6 +123,9 @@ class GRPORecipe:
         each model's post-head logit transform is read and verified."""
         m, t = self.cfg.model, self.cfg.train
         policy_path = resolve_model(m.policy)
+        if m.lora is not None and runtime.lora.is_adapter_dir(policy_path):
+            raise UserError("is a LoRA adapter folder; new adapters go on a whole model: export that run with "
+                            "train.export_merged=true and train on its policy_merged/", where="model.policy")
         self.tokenizer = runtime.load_tokenizer(policy_path, m.trust_remote_code, where="model.policy")
         model_config = _model_config(policy_path, m.trust_remote_code)
         try:
@@ -561,6 +566,8 @@ def _seed_everything(seed: int) -> None:
 def _model_config(path: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    if runtime.lora.is_adapter_dir(path):  # a LoRA run's policy/: the adapter merged into its base
+        path = runtime.lora.adapter_base(path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -577,8 +584,6 @@ def _base_reference(reference: str, resolved: str) -> str:
     """What an exported adapter names as its base: an absolute path for a local folder (loadable
     offline by srmir and peft alike; the embedded SmolLM2 is its converted cache folder), else the
     hub id as given."""
-    import os
-
     return os.path.abspath(resolved) if os.path.isdir(resolved) else reference
 
 
