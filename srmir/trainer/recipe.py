@@ -496,7 +496,8 @@ class GRPORecipe:
         return folder
 
     def cleanup(self) -> Path:
-        """Export the final policy (HF folder), plot the reward curves, close the logs."""
+        """Export the final policy (an HF folder; with LoRA the adapter folder, and the merged HF folder
+        when train.export_merged), plot the reward curves, close the logs."""
         m, t = self.cfg.model, self.cfg.train
         runtime.lora.hf_model(self.engine).config.use_cache = True
         if m.lora is not None:  # policy/ = the adapter; policy_merged/ = adapter merged into the base
