@@ -311,3 +311,30 @@ def _tiny_bert(folder):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return model
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_train_lora_under_zero3_through_torchrun(tmp_path):
+    """``torchrun`` × 2, ZeRO-3 with every weight a shard: generation with adapters active, the
+    reference with them off, the update, a checkpoint and both exports, end to end on two ranks."""
+    from transformers import AutoModelForCausalLM
+
+    from srmir.trainer.metrics import read_metrics
+    from test_trainer_common import PYTHON, free_port, run_cmd
+    from test_trainer_distributed import launch_args
+
+    args = launch_args(tmp_path, tmp_path / "out", **{
+        "train.deepspeed": zero3_json(tmp_path), "model.dtype": "bf16", "model.lora": LORA,
+        "train.export_merged": "true", "train.micro_batch_size": 2, "train.report_to": "[tensorboard]"})
+    port = free_port()
+    run_cmd([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(port), *args], timeout=300)
+    records = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and records[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert records[1]["kl"] > 0  # the adapters moved the policy away from the base
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert (tmp_path / "out" / "policy" / "adapter_model.safetensors").is_file()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "policy_merged").config.vocab_size > 0
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))  # rank 0 alone writes
