@@ -122,6 +122,32 @@ def test_reference_is_the_base_model_with_adapters_off(files, tmp_path):
     recipe.metrics.close()
 
 
+def test_rollout_runs_merged_adapters_and_leaves_the_base_untouched(files, tmp_path):
+    """Generation sees the adapted model (its logits, within rounding) through weights merged for
+    the rollout alone: afterwards every tensor is the same object with the same bits, and the
+    adapters compute and train again."""
+    from srmir.trainer.rollout import gathered_for_generation
+
+    recipe = recipe_for(files, tmp_path / "out")
+    perturb_adapters(recipe.engine)
+    model = runtime.lora.hf_model(recipe.engine)
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
+    ids = torch.tensor([[7, 12, 19, 25, 31, 8, 40]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with gathered_for_generation(recipe.engine, recipe.zero_stage) as rollout_model:
+            assert rollout_model is model
+            assert all(m.disable_adapters for m in model.modules() if hasattr(m, "lora_A"))  # one matmul a layer
+            merged = rollout_model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, adapted)
+    after = dict(model.named_parameters())
+    assert all(after[n].data_ptr() == ptr and torch.equal(after[n], value) for n, (ptr, value) in before.items())
+    assert all(p.requires_grad == ("lora_" in n) for n, p in after.items())
+    recipe.metrics.close()
+
+
 @pytest.mark.slow
 def test_zero3_reference_and_policy_passes_gather_each_weight_once(files, tmp_path, monkeypatch):
     """Under ZeRO-3 (every weight a shard) a log-prob pass gathers each weight once (the tied
