@@ -16,6 +16,7 @@ import torch
 from .. import runtime
 from ..errors import UserError
 from ..runtime import dist
+from .ds_config import zero_stage
 
 
 # --------------------------------------------------------------------------------- prompts
@@ -115,7 +116,7 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
 
     if lora is not None:
         runtime.lora.require_peft()  # before any weight is loaded
-        if lora.get("modules_to_save") and zero_stage_of(ds_config) == 3:
+        if lora.get("modules_to_save") and zero_stage(ds_config) == 3:
             # peft deep-copies the module it trains fully; under ZeRO-3 that copies DeepSpeed's
             # partition bookkeeping too, and two parameters would share one shard
             raise UserError("modules_to_save is not supported under ZeRO-3 (peft copies a partitioned module); "
@@ -142,7 +143,7 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
 def reference_model(path: str, policy_ds: dict, device: torch.device, *, dtype: str, attn: str, trust_remote_code: bool):
     """The frozen reference: a ZeRO-3 inference engine when the policy is sharded (its weights are
     too), else a plain module in the compute dtype. Returns (callable model, its lm_head)."""
-    from .ds_config import reference_ds_config, zero_stage
+    from .ds_config import reference_ds_config
 
     if zero_stage(policy_ds) == 3:
         import deepspeed
@@ -158,10 +159,6 @@ def reference_model(path: str, policy_ds: dict, device: torch.device, *, dtype: 
     model.requires_grad_(False)
     model.to(device).eval()
     return model, model.get_output_embeddings()
-
-
-def zero_stage_of(ds_config: dict) -> int:
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 # --------------------------------------------------------------------------------- rewards
