@@ -152,7 +152,7 @@ def test_lora_family_defaults_and_fused_logprobs_through_peft(family):
     """``model.lora`` with the family's default targets adapts attention and MLP in every block,
     and the fused log-probs through peft's wrappers (logit transform included) equal a plain forward
     of the adapter merged into the weights — adapters on, and the base model with them off."""
-    peft = pytest.importorskip("peft", reason="the lora extra (installed by setup.sh --dev)")
+    pytest.importorskip("peft", reason="the lora extra (installed by setup.sh --dev)")
     import copy
 
     name, folder = family

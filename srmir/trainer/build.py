@@ -116,11 +116,6 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
 
     if lora is not None:
         runtime.lora.require_peft()  # before any weight is loaded
-        if lora.get("modules_to_save") and zero_stage(ds_config) == 3:
-            # peft deep-copies the module it trains fully; under ZeRO-3 that copies DeepSpeed's
-            # partition bookkeeping too, and two parameters would share one shard
-            raise UserError("modules_to_save is not supported under ZeRO-3 (peft copies a partitioned module); "
-                            "use ZeRO-2, or adapters only", where="model.lora.modules_to_save")
     with zero3_init(ds_config):
         model = runtime.load_causal_lm(path, dtype, attn, trust_remote_code, where="model.policy")
     # The engine trains in train mode (HF layers recompute only when self.training) with every
