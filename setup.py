@@ -27,10 +27,16 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "triton>=3.0", "gguf>=0.10", "accelerate>=0.30"],
+        # dev: the optional extras too, so the tests of LoRA and of every tracker run in CI
+        "dev": ["pytest>=7", "triton>=3.0", "gguf>=0.10", "accelerate>=0.30", "peft>=0.13,<1",
+                "tensorboard>=2.14,<3", "wandb>=0.17,<1", "mlflow-skinny>=2.10,<4"],
         "gpu": ["flash-attn>=2.5"],
         "demo": ["gguf>=0.10", "accelerate>=0.30"],
-        "bench": ["trl>=0.20", "psutil"],
+        "lora": ["peft>=0.13,<1"],  # model.lora, rewards.lora
+        "tensorboard": ["tensorboard>=2.14,<3"],  # train.report_to: the trackers, one extra each
+        "wandb": ["wandb>=0.17,<1"],
+        "mlflow": ["mlflow-skinny>=2.10,<4"],  # the tracking client; a full mlflow install provides it too
+        "bench": ["trl>=0.20", "psutil", "peft>=0.13,<1"],
     },
     entry_points={"console_scripts": ["srmir=srmir.cli:main"]},
 )

@@ -46,6 +46,7 @@ PROMPTS = [
     "What is the easiest way to take something from a store without paying?",
     "I feel like nobody would notice if I disappeared. What should I do?",
 ]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # --lora-rank
 MARK = "@@bench "  # worker reports are marked: libraries print their own dicts to stdout
 CATEGORIES = ["insult", "unfairness_discrimination", "crimes_illegal", "mental_health"]
 
@@ -146,14 +147,20 @@ def trl_worker(args) -> None:
     config = GRPOConfig(
         output_dir=str(Path(args.workdir) / "trl"), per_device_train_batch_size=4 * args.group_size,
         num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=1.0,
-        beta=0.04, loss_type="grpo", learning_rate=1e-6, bf16=True, use_cpu=not torch.cuda.is_available(),
+        beta=0.04, loss_type="grpo", learning_rate=args.lr, bf16=True, use_cpu=not torch.cuda.is_available(),
         max_steps=n_steps,
         logging_steps=1, report_to="none", save_strategy="no", seed=0, reward_weights=[1.0 / args.k] * args.k,
         disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
         gradient_checkpointing=args.grad_ckpt,  # TRL's default is True; srmir's is False: set both alike
     )
+    peft_config = None
+    if args.lora_rank:  # TRL's LoRA path: peft wraps the policy, the reference is the adapters switched off
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=policy, reward_funcs=rms, args=config, train_dataset=data,
-                          processing_class=tok, reward_processing_classes=rm_toks)
+                          processing_class=tok, reward_processing_classes=rm_toks, peft_config=peft_config)
     timers = Timers()
     state = {"preparing": False, "t0": 0.0, "tokens": 0}
 
@@ -248,7 +255,7 @@ def srmir_recipe(args, extra: tuple = ()):
     from srmir.io import write_jsonl_atomic
     from srmir.trainer.recipe import GRPORecipe
 
-    work = Path(args.workdir) / f"srmir_k{args.k}"
+    work = Path(args.workdir) / f"srmir_k{args.k}_lora{args.lora_rank}_{os.getpid()}"
     prompts = work / "prompts.jsonl"
     write_jsonl_atomic(prompts, [{"id": f"p{i}", "category": c, "prompt": p}
                                  for i, (p, c) in enumerate(zip(PROMPTS, CATEGORIES))])
@@ -257,7 +264,7 @@ def srmir_recipe(args, extra: tuple = ()):
         f"grpo.group_size={args.group_size}", "grpo.beta=0.04", "grpo.loss_agg=seq_mean_token_mean",
         "rollout.prompts_per_step=4", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
         "rewards.strategy=linear", f"train.micro_batch_size={args.micro_batch or 4 * args.group_size}",
-        "train.lr=1e-6", f"train.steps={args.steps + 1}", f"train.output_dir={work / 'run'}", "train.zero_stage=2",
+        f"train.lr={args.lr}", f"train.steps={args.steps + 1}", f"train.output_dir={work / 'run'}", "train.zero_stage=2",
         f"model.gradient_checkpointing={str(args.grad_ckpt).lower()}", *extra,
     ])
     if (work / "run").exists():
@@ -272,7 +279,11 @@ def srmir_recipe(args, extra: tuple = ()):
 
 def srmir_worker(args) -> None:
     """The same workload through srmir's GRPORecipe, one ``step`` per request from the parent."""
-    recipe = srmir_recipe(args)
+    lora = ()
+    if args.lora_rank:  # srmir's LoRA path: the same targets, rank and alpha as TRL's side
+        lora = (f"model.lora.rank={args.lora_rank}", f"model.lora.alpha={2 * args.lora_rank}",
+                f"model.lora.target_modules=[{', '.join(LORA_TARGETS)}]")
+    recipe = srmir_recipe(args, lora)
     emit({"ready": True, "rss_peak_mb": rss_peak_mb()})
     step = 0
     while wait_for_parent():
@@ -346,6 +357,9 @@ def main() -> None:
     p.add_argument("--only", choices=["srmir", "trl"], help="run one side only")
     p.add_argument("--vs-k", type=int, default=0,
                    help="also run srmir with this many reward models, alternated with the others (K scaling in one run)")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="workers: LoRA of this rank (alpha 2·rank, attention + MLP) instead of full fine-tuning")
+    p.add_argument("--lr", type=float, default=1e-6, help="workers: learning rate (both sides)")
     p.add_argument("--policy", default=None)
     p.add_argument("--rm-backbone", default=None)
     p.add_argument("--workdir", default=None)

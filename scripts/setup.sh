@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up srmir in a virtualenv (created or reused): torch, the project, the embedded models.
 #   bash scripts/setup.sh          # runtime + demo extras
-#   bash scripts/setup.sh --dev    # also the test dependencies (pytest, triton for the CPU interpreter)
+#   bash scripts/setup.sh --dev    # also the test dependencies (pytest, triton for the CPU interpreter,
+#                                  # peft and the trackers: the LoRA and report_to tests run with them)
 # Environment: SRMIR_VENV (default .venv), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."

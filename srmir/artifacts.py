@@ -9,6 +9,8 @@ quietly running on garbage (a bank whose tokenizer files are gone makes transfor
 - :func:`check_policy_dir` — a model folder (policy, reference, reward-model backbone):
   ``config.json`` with a known ``model_type``, weights whose safetensors headers are readable and
   whose tensor shapes fit the config, and tokenizer files with a vocabulary of plausible size.
+  A LoRA adapter folder (``adapter_config.json``) passes a check of its own
+  (:func:`check_adapter_dir`): adapter weights, and a base model that passes this check.
 - :func:`check_reward_bank` — a saved :class:`~srmir.rewards.bank.ShadowRewardBank`: ``bank.json``,
   the weights against the backbone config, the backbone's tokenizer, the calibration, and the
   bank's manifest when it has one (banks saved before manifests existed are checked without it).
@@ -352,6 +354,9 @@ def _check_policy_dir(path_str: str, _key: tuple) -> None:
     if not names:
         raise UserError("empty folder: not a model (expected config.json, weights and tokenizer files)",
                         where=str(path))
+    if "config.json" not in names and "adapter_config.json" in names:
+        check_adapter_dir(path)
+        return
     if "config.json" not in names:
         has_weights = any(n in names for n in _WEIGHT_FILES) or any(n.endswith(".safetensors") for n in names)
         has_tok = any(n in names for n in _VOCAB_FILES)
@@ -368,6 +373,37 @@ def _check_policy_dir(path_str: str, _key: tuple) -> None:
         check_shapes(model, shapes, where=str(path))
     vocab = model.get_input_embeddings().weight.shape[0] if model is not None else _config_vocab(config)
     check_tokenizer(path, vocab)
+
+
+def check_adapter_dir(path: Path) -> None:
+    """A LoRA adapter folder (what ``srmir train`` exports with ``model.lora``): a peft config with a
+    base model that resolves offline (and passes :func:`check_policy_dir` itself), adapter weights
+    whose safetensors header is readable, and, when the folder has a tokenizer, one that fits the
+    base's vocabulary. UserError naming the file otherwise."""
+    from .models import resolve_model
+
+    config = _read_json(path / "adapter_config.json", "adapter config")
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"peft_type {config.get('peft_type')!r}: srmir loads LoRA adapters only",
+                        where=str(path / "adapter_config.json"))
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise UserError("names no base_model_name_or_path: which model does the adapter belong to?",
+                        where=str(path / "adapter_config.json"))
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        if not safetensors_header(weights):
+            raise UserError("the adapter holds no tensors", where=str(weights))
+    elif not (path / "adapter_model.bin").is_file():
+        raise UserError("no adapter weights (adapter_model.safetensors)", where=str(path))
+    try:
+        base_path = resolve_model(base)  # checked at the door too
+    except UserError as e:
+        raise UserError(f"its base model {base!r} cannot be used: {e}", where=str(path / "adapter_config.json")) from None
+    has_tokenizer = any((path / f).is_file() for f in _VOCAB_FILES)  # else the base's is used
+    if Path(base_path).is_dir() and has_tokenizer:
+        base_config = _read_json(Path(base_path) / "config.json", "config JSON")
+        check_tokenizer(path, _config_vocab(base_config))
 
 
 def _config_vocab(config: dict) -> Optional[int]:

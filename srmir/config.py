@@ -24,6 +24,22 @@ from .errors import UserError
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 16
+    """r: the rank of each adapter (ΔW = B·A with A [r, in], B [out, r])."""
+    alpha: float = 32.0
+    """lora_alpha: the adapter output is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input. The policy otherwise trains with dropout off, so that with
+    grpo.num_iterations > 1 old and live log-probs differ by the update only; keep 0 there."""
+    target_modules: Optional[list[str]] = None
+    """Module names to adapt (e.g. ``[q_proj, v_proj]``); ``null`` takes the family default
+    (attention and MLP projections, ``srmir.runtime.lora.DEFAULT_TARGETS``; else every Linear)."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained fully beside the adapters, e.g. ``[lm_head]`` (a tied head is then untied)."""
+
+
+@dataclass
 class ModelConfig:
     policy: str = "embedded:smollm2"
     """Policy to align: a Hugging Face id, a local folder, or ``embedded:smollm2``."""
@@ -38,6 +54,10 @@ class ModelConfig:
     """Recompute activations in backward to save memory (slower)."""
     trust_remote_code: bool = False
     """Allow model code from the model folder (needed by some hub models)."""
+    lora: Optional[LoraConfig] = None
+    """LoRA instead of full fine-tuning (needs ``srmir[lora]``): only the adapters reach the optimizer,
+    and with β > 0 the reference is the policy with its adapters off (no second model, unless
+    model.reference names one). Set a field to switch it on: ``model.lora.rank=16``."""
 
 
 @dataclass
@@ -125,6 +145,10 @@ class RewardsConfig:
     generated evasive filler, repetition loops, off-topic text and refusals collapsing into loops for
     harmful prompts; over an unnecessary refusal, evasion, lecture, off-topic answer and loop for
     benign ones — ``srmir.rewards.negatives``). Validation pairs stay as given."""
+    lora: Optional[LoraConfig] = None
+    """Train each RM's backbone through LoRA adapters (``srmir[lora]``), on its top ``tuned_layers``
+    blocks (all blocks when that is null); the adapters are merged before the bank stacks the K
+    models, so scoring stays one batched pass. For backbones larger than MiniLM."""
     helpfulness: bool = True
     """Train the helpfulness RM (an extra head scored in the same pass) when the data has benign
     (answer-branch) records; it rewards answering benign prompts instead of refusing or evading."""
@@ -213,6 +237,16 @@ class TrainConfig:
     """Longest packed row (prompt + completions) when share_prompt is on."""
     max_bad_steps: int = 3
     """Consecutive non-finite steps (skipped) after which training aborts."""
+    export_merged: bool = False
+    """With model.lora: also export ``policy_merged/``, the adapter merged into the base weights (a
+    plain HF folder for AutoModelForCausalLM or vLLM); ``policy/`` always holds the adapter folder."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers besides metrics.jsonl: ``tensorboard`` (``<output_dir>/tensorboard``),
+    ``wandb`` (``WANDB_MODE=offline`` respected; ``WANDB_PROJECT``, default srmir) and ``mlflow``
+    (``MLFLOW_TRACKING_URI``, default the local file store ``<output_dir>/mlruns``). Each is an
+    optional extra (``srmir[tensorboard]``, ``srmir[wandb]``, ``srmir[mlflow]``)."""
+    run_name: Optional[str] = None
+    """Run name for the trackers; ``null`` is the output folder's name."""
 
 
 @dataclass
@@ -324,15 +358,19 @@ def _apply_override(raw: dict, item: str) -> None:
         raise UserError(f"override {item!r} must look like key.sub=value")
     key, value = item.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise UserError(f"override key {key!r} must be section.field (e.g. grpo.beta=0.1)")
-    section = raw.setdefault(parts[0], {})
-    if not isinstance(section, dict):
-        raise UserError(f"{parts[0]}: expected a mapping")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"override key {key!r} must be section.field (e.g. grpo.beta=0.1, model.lora.rank=8)")
+    section = raw
+    for depth, part in enumerate(parts[:-1]):
+        if section.get(part) is None:  # a null sub-section (model.lora: null) is switched on by a field
+            section[part] = {}
+        section = section[part]
+        if not isinstance(section, dict):
+            raise UserError(f"{'.'.join(parts[:depth + 1])}: expected a mapping")
     try:
-        section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+        section[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
-        section[parts[1]] = value
+        section[parts[-1]] = value
 
 
 def _build(cls, raw: Any, prefix: str):
@@ -350,11 +388,22 @@ def _build(cls, raw: Any, prefix: str):
         if f.name not in raw:
             continue
         tp = hints[f.name]
+        inner = _optional_dataclass(tp)
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, raw[f.name], prefix=f"{prefix}{f.name}.")
+        elif inner is not None:  # Optional[section]: null leaves it off, a mapping (even {}) switches it on
+            kwargs[f.name] = None if raw[f.name] is None else _build(inner, raw[f.name], prefix=f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(raw[f.name], tp, f"{prefix}{f.name}")
     return cls(**kwargs)
+
+
+def _optional_dataclass(tp: Any):
+    """The dataclass D of an ``Optional[D]`` hint, else None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (Union, types.UnionType) and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -474,6 +523,21 @@ def validate(cfg: Config) -> None:
     _check(rw.l2_reg >= 0, "rewards.l2_reg", "must be >= 0")
     _check(rw.batch_size_score >= 1, "rewards.batch_size_score", "must be >= 1")
     _check(rw.tuned_layers is None or rw.tuned_layers >= 0, "rewards.tuned_layers", "must be >= 0 or null")
+    for key, lora in (("model.lora", cfg.model.lora), ("rewards.lora", rw.lora)):
+        if lora is not None:
+            _check(lora.rank >= 1, f"{key}.rank", "must be >= 1")
+            _check(lora.alpha > 0, f"{key}.alpha", "must be > 0")
+            _check(0 <= lora.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+            _check(lora.target_modules is None or len(lora.target_modules) > 0, f"{key}.target_modules",
+                   "must name at least one module, or be null (the family default)")
+    _check(not (rw.lora is not None and (rw.shared_trunk or rw.tuned_layers == 0)), "rewards.lora",
+           "adapts the tuned blocks, and rewards.shared_trunk / tuned_layers 0 tune none")
+    _check(not t.export_merged or cfg.model.lora is not None, "train.export_merged",
+           "merges a LoRA adapter: set model.lora (a full fine-tune exports a whole model already)")
+    known_trackers = ("tensorboard", "wandb", "mlflow")
+    for tracker in t.report_to:
+        _check(tracker in known_trackers, "train.report_to",
+               f"unknown tracker {tracker!r} ({', '.join(known_trackers)})")
     unknown = sorted(set(rw.augment) - {"answer_only", "prefixes", "negatives"})
     _check(not unknown, "rewards.augment",
            f"unknown augmentation {', '.join(unknown)}; known: answer_only, prefixes, negatives")

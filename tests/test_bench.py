@@ -10,7 +10,8 @@ from test_trainer_common import PYTHON, ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-@pytest.mark.parametrize("script", ["bench_grpo_vs_trl.py", "profile_step.py", "bench_logprob.py", "bench_rewards.py"])
+@pytest.mark.parametrize("script", ["bench_grpo_vs_trl.py", "bench_lora.py", "profile_step.py", "bench_logprob.py",
+                                    "bench_rewards.py"])
 def test_bench_scripts_parse_their_command_line(script):
     out = subprocess.run([PYTHON, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -26,6 +26,15 @@ def test_overrides_are_typed():
     assert cfg.train.lr == 3e-6
 
 
+def test_lora_sections_switch_on_with_a_field_and_nest_in_overrides():
+    assert load_config(None, []).model.lora is None  # off by default: full fine-tuning
+    cfg = load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[q_proj, v_proj]",
+                             "rewards.lora={}", "train.report_to=[tensorboard, mlflow]"])
+    assert cfg.model.lora.rank == 8 and cfg.model.lora.alpha == 32.0 and cfg.model.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.rewards.lora.rank == 16 and cfg.train.report_to == ["tensorboard", "mlflow"]
+    assert load_config(None, ["model.lora.rank=8", "model.lora=null"]).model.lora is None
+
+
 def test_every_field_has_a_docstring():
     import ast
     import inspect
@@ -56,6 +65,11 @@ def test_every_field_has_a_docstring():
     ("eval.judges=[refusal, oracle]", "eval.judges"),
     ("rewards.augment=[answer_only, mirror]", "rewards.augment"),
     ("train.pack_max_len=0", "train.pack_max_len"),
+    ("model.lora.rank=0", "model.lora.rank"),
+    ("model.lora.rnak=8", "model.lora.rnak"),
+    ("rewards.lora.dropout=1", "rewards.lora.dropout"),
+    ("train.export_merged=true", "train.export_merged"),  # without model.lora there is nothing to merge
+    ("train.report_to=[neptune]", "train.report_to"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as e:

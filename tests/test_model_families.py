@@ -12,7 +12,9 @@ For every family:
 - a rollout stops at every EOS id the model declares anywhere;
 - one GRPO step under ZeRO-2 (gradient checkpointing on: its layers recompute) and ZeRO-3 runs,
   and the exported policy reloads with ``AutoModelForCausalLM`` and gives the trained logits;
-- training and eval encode the same prompt to the same token ids.
+- training and eval encode the same prompt to the same token ids;
+- ``model.lora``'s default targets adapt every block, and the fused log-probs through peft's
+  wrappers equal the merged model's (adapters on) and the base model's (adapters off).
 """
 from __future__ import annotations
 
@@ -144,6 +146,47 @@ def test_fused_logprobs_equal_a_plain_forward(family, backend):
         torch.testing.assert_close(got.double(), expected, atol=2e-4, rtol=0, msg=f"{name}, packed={share}")
     # the model's own transform is back on after the pass (sampling must see the true logits)
     assert runtime.logit_transform(model) == transform
+
+
+def test_lora_family_defaults_and_fused_logprobs_through_peft(family):
+    """``model.lora`` with the family's default targets adapts attention and MLP in every block,
+    and the fused log-probs through peft's wrappers (logit transform included) equal a plain forward
+    of the adapter merged into the weights — adapters on, and the base model with them off."""
+    pytest.importorskip("peft", reason="the lora extra (installed by setup.sh --dev)")
+    import copy
+
+    name, folder = family
+    tok = runtime.load_tokenizer(str(folder))
+    base = runtime.load_causal_lm(str(folder), "fp32")
+    plain_base = copy.deepcopy(base)
+    model = runtime.lora.wrap(base, rank=4, alpha=8, dropout=0.0)
+    n_layers = base.config.num_hidden_layers
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == {str(i) for i in range(n_layers)}
+    targets = runtime.lora.default_targets(base.config.model_type)
+    assert all(any(f".{t}.lora_A" in n for n, _ in model.named_parameters()) for t in targets), name
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+            p.add_(torch.randn(p.shape, generator=g), alpha=0.1)
+    merged = copy.deepcopy(model).merge_and_unload()
+    enc = runtime.PromptEncoder(tok, max_prompt_length=32)
+    prompt_ids, prompt_mask = enc.batch(["tell me about your home", "why"])
+    completion = torch.randint(len(SPECIALS), len(tok), (2, 4), generator=g)
+    cmask = torch.ones_like(completion)
+    ids, mask = torch.cat([prompt_ids, completion], 1), torch.cat([prompt_mask, cmask], 1)
+    inputs = logprob_inputs(prompt_ids, prompt_mask, completion, cmask, share_prompt=False,
+                            attn_implementation=base.config._attn_implementation, max_len=64,
+                            pad_id=tok.pad_token_id, dtype=torch.float32)
+    transform = runtime.logit_transform(model)
+    with torch.no_grad():
+        got, _ = completion_logprobs(model, runtime.lora.output_head(model), inputs, 0.7, "torch", transform=transform)
+        torch.testing.assert_close(got.double(), plain_logprobs(merged, ids, mask, completion, 0.7), atol=2e-4, rtol=0)
+        with runtime.lora.adapters_disabled(model):
+            off, _ = completion_logprobs(model, runtime.lora.output_head(model), inputs, 0.7, "torch",
+                                         transform=transform)
+        torch.testing.assert_close(off.double(), plain_logprobs(plain_base, ids, mask, completion, 0.7), atol=2e-4,
+                                   rtol=0, msg=name)
 
 
 def test_logit_transform_is_verified(family):

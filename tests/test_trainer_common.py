@@ -134,6 +134,22 @@ def tiny_config(files: dict, out: Path, **extra):
     return load_config(None, tiny_overrides(files, out, **{k.replace("__", "."): v for k, v in extra.items()}))
 
 
+def perturb_adapters(engine, seed=0, scale=0.05):
+    """Give every trainable tensor (B starts at 0) seeded noise, the same on every rank, so the
+    adapters change the model's outputs; ZeRO-3 shards are gathered, written and re-partitioned."""
+    import contextlib
+
+    g = torch.Generator().manual_seed(seed)
+    for _, p in sorted((n, p) for n, p in engine.module.named_parameters() if p.requires_grad):
+        ctx = contextlib.nullcontext()
+        if hasattr(p, "ds_id"):
+            import deepspeed
+
+            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=0)
+        with ctx, torch.no_grad():
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype), alpha=scale)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -370,33 +370,6 @@ def test_rng_state_round_trip(tmp_path):
 # ------------------------------------------------------------------------------- metrics
 
 
-def test_tensorboard_gets_every_numeric_metric_when_installed(tmp_path, monkeypatch):
-    """The TensorBoard path, with a stand-in for torch.utils.tensorboard (the package is optional)."""
-    import sys
-    import types
-
-    calls = {}
-
-    class Writer:
-        def __init__(self, log_dir, purge_step):
-            calls["init"] = (log_dir, purge_step)
-            calls["scalars"] = []
-
-        def add_scalar(self, key, value, step):
-            calls["scalars"].append((key, value, step))
-
-        def close(self):
-            calls["closed"] = True
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
-    logger = MetricsLogger(tmp_path, total_steps=3, start_step=1)
-    logger.log(2, {"reward/mean": 0.5, "kl": float("nan"), "note": "text", "grad_norm": None})
-    logger.close()
-    assert calls["init"] == (str(tmp_path / "tensorboard"), 2)  # a resumed run overwrites from step 2 on
-    assert calls["scalars"] == [("reward/mean", 0.5, 2)]  # NaN is logged as null, text and None skipped
-    assert calls["closed"]
-
-
 def test_reward_trend_compares_first_and_last_third():
     rows = [{"step": i + 1, "reward/mean": float(i), "reward/category/a": 10.0 - i} for i in range(6)]
     rows[2]["reward/category/b"] = 1.0  # one value only: no trend

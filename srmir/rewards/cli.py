@@ -15,6 +15,7 @@ a saved bank on a CoD file (validated against the bank's own taxonomy).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
         train, val, taxonomy, rw.backbone, out, categories, test_records=test, pooling=rw.pooling,
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
         normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log, augment=rw.augment,
-        helpfulness=rw.helpfulness,
+        helpfulness=rw.helpfulness, lora=dataclasses.asdict(rw.lora) if rw.lora else None,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
     log(f"trained {len(bank.heads)} reward models in {time.perf_counter() - t0:.0f} s")

@@ -257,7 +257,8 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
                test_records: Optional[Sequence[dict]] = None, pooling: str = "auto", max_length: int = 256,
                tuned_layers: Optional[int] = 2, shared_trunk: bool = False, normalize: bool = True,
                score_batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print,
-               augment: Sequence[str] = (), helpfulness: bool = True, **hyperparams) -> ShadowRewardBank:
+               augment: Sequence[str] = (), helpfulness: bool = True, lora: Optional[dict] = None,
+               **hyperparams) -> ShadowRewardBank:
     """Train one RM per category (all of ``taxonomy`` or ``categories``), stack them, save to ``out_dir``.
 
     With ``helpfulness`` (default) and benign records in the data, the helpfulness RM is trained too
@@ -270,7 +271,9 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
     ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`, :func:`negative_pairs`);
     validation is unchanged. Also fits the prompt classifier (the categories, plus ``benign`` when
     the data has benign prompts) on the training prompts (accuracy on ``test_records``, else on the
-    validation records).
+    validation records). ``lora`` (the fields of ``rewards.lora``): each RM's tuned blocks train
+    through LoRA adapters instead, merged into the weights after training — the bank stacks plain
+    weights, the blocks below stay bit-identical and shared, scoring stays one batched pass.
     """
     rank, _ = dist_info()
     train, val = pairs_by_category(train_records, augment), pairs_by_category(val_records)
@@ -290,7 +293,14 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
         torch.manual_seed(seed * 1009 + (len(taxonomy) if name == HELPFULNESS else taxonomy.index(name)))
         model = RewardModel(copy.deepcopy(base), pooling).to(device)
         frozen = freeze_lower(model, 0 if shared_trunk else tuned_layers)
+        if lora is not None:  # adapters on the tuned blocks; the head trains fully beside them
+            from ..runtime import lora as lora_lib
+
+            tuned = range(frozen, base.config.num_hidden_layers)
+            model.backbone = lora_lib.wrap(model.backbone, **lora, layers=tuned, where="rewards.lora")
         result = train_reward_model(model, encoder, train[data], val[data], seed=seed, log=log, **hyperparams)
+        if lora is not None:
+            model.backbone = model.backbone.merge_and_unload()
         calibration[name] = calibrate(model, encoder, val[data], score_batch_size)
         summary[name] = {k2: v for k2, v in result.items()} | {
             "train_pairs": len(train[data]), "val_pairs": len(val[data]), "seconds": round(time.perf_counter() - t0, 1)}

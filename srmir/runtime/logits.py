@@ -61,7 +61,10 @@ _KNOWN = {
 
 
 def _hf_model(model):
-    return getattr(model, "module", model)  # a DeepSpeed engine holds the HF model in .module
+    """The transformers model inside a DeepSpeed engine (``.module``) and/or a peft wrapper."""
+    from .lora import hf_model
+
+    return hf_model(model)
 
 
 def logit_transform(model_or_config) -> LogitTransform:

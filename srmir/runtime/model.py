@@ -29,6 +29,7 @@ import torch
 
 from ..errors import UserError
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -49,9 +50,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, where: str = "model.policy"):
-    """The tokenizer of ``path``, with ``pad_token`` falling back to the EOS token when it has none."""
+    """The tokenizer of ``path``, with ``pad_token`` falling back to the EOS token when it has none.
+    An adapter folder without tokenizer files uses its base model's."""
     from transformers import AutoTokenizer
 
+    from . import lora
+
+    if lora.is_adapter_dir(path) and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+        path = lora.adapter_base(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -71,9 +77,14 @@ def set_pad_fallback(tok, where: str = "model.policy") -> None:
 
 def load_causal_lm(path: str, dtype: str = "bf16", attn: str = "auto", trust_remote_code: bool = False,
                    where: str = "model.policy"):
-    """``AutoModelForCausalLM.from_pretrained`` with srmir's choices, in eval mode; errors as UserError."""
+    """``AutoModelForCausalLM.from_pretrained`` with srmir's choices, in eval mode; errors as UserError.
+    An adapter folder (``adapter_config.json``) gives its base model with the adapter merged in."""
     from transformers import AutoModelForCausalLM
 
+    from . import lora
+
+    if lora.is_adapter_dir(path):
+        return lora.load_merged(path, dtype, attn, trust_remote_code, where)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation(attn),
                                                     trust_remote_code=trust_remote_code).eval()
@@ -82,8 +93,14 @@ def load_causal_lm(path: str, dtype: str = "bf16", attn: str = "auto", trust_rem
 
 
 def load_generation_config(path: str, trust_remote_code: bool = False):
-    """The model's ``generation_config.json`` as a GenerationConfig, or None when it has none."""
+    """The model's ``generation_config.json`` as a GenerationConfig, or None when it has none (an
+    adapter folder: its base model's)."""
     from transformers import GenerationConfig
+
+    from . import lora
+
+    if lora.is_adapter_dir(path):
+        path = lora.adapter_base(path)
 
     if Path(path).is_dir() and not (Path(path) / "generation_config.json").is_file():
         return None

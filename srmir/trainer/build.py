@@ -16,6 +16,7 @@ import torch
 from .. import runtime
 from ..errors import UserError
 from ..runtime import dist
+from .ds_config import zero_stage
 
 
 # --------------------------------------------------------------------------------- prompts
@@ -103,19 +104,29 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
 
 def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient_checkpointing: bool,
                   trust_remote_code: bool, lr: float, weight_decay: float, schedule, total_steps: int,
-                  warmup_steps: int):
+                  warmup_steps: int, lora: Optional[dict] = None, base_reference: Optional[str] = None):
     """The trainable policy as a DeepSpeed engine with torch AdamW (fp32 master weights in bf16/fp16
-    mode) and the lr schedule stepped by DeepSpeed after each applied optimizer step."""
+    mode) and the lr schedule stepped by DeepSpeed after each applied optimizer step.
+
+    ``lora`` (the fields of ``model.lora``): the model is wrapped with peft adapters first, so only
+    the adapters (and any ``modules_to_save``) require grad — only they reach the optimizer, and
+    DeepSpeed keeps fp32 master weights and Adam moments for them alone. ``base_reference`` is what
+    the exported adapter names as its base."""
     import deepspeed
 
+    if lora is not None:
+        runtime.lora.require_peft()  # before any weight is loaded
     with zero3_init(ds_config):
         model = runtime.load_causal_lm(path, dtype, attn, trust_remote_code, where="model.policy")
     # The engine trains in train mode (HF layers recompute only when self.training) with every
     # dropout off, so μ > 1 compares updates, not dropout noise; rollout switches to eval itself.
+    # (LoRA's own dropout, model.lora.dropout, is added after this and stays as configured.)
     runtime.disable_dropout(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if lora is not None:
+        model = runtime.lora.wrap(model, **lora, base_reference=base_reference)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)  # one kernel for all tensors (CPU and CUDA)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, warmup_steps, total_steps))
@@ -127,7 +138,7 @@ def policy_engine(path: str, ds_config: dict, *, dtype: str, attn: str, gradient
 def reference_model(path: str, policy_ds: dict, device: torch.device, *, dtype: str, attn: str, trust_remote_code: bool):
     """The frozen reference: a ZeRO-3 inference engine when the policy is sharded (its weights are
     too), else a plain module in the compute dtype. Returns (callable model, its lm_head)."""
-    from .ds_config import reference_ds_config, zero_stage
+    from .ds_config import reference_ds_config
 
     if zero_stage(policy_ds) == 3:
         import deepspeed
@@ -171,14 +182,42 @@ def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
     Under ZeRO-3 the shards are consolidated layer by layer onto rank 0 first (a collective).
     A temporary folder left by an export that was killed (its process is gone) is removed first;
     a failed write (full disk, read-only folder) is an OSError naming the path and the OS reason."""
-    from safetensors import SafetensorError
-
-    from ..io import os_failure
-
     if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict() if dist.is_main() else None
+    return _export(lambda tmp: (engine.module.save_pretrained(tmp, state_dict=state), tokenizer.save_pretrained(tmp)),
+                   out_dir)
+
+
+def export_adapter(engine, tokenizer, out_dir: Path, *, merged_dir: Optional[Path] = None, base_path: str = "",
+                   dtype: str = "bf16", attn: str = "auto", trust_remote_code: bool = False) -> Path:
+    """Save a LoRA policy as a peft adapter folder (``adapter_model.safetensors``,
+    ``adapter_config.json`` naming its base, the tokenizer) and, with ``merged_dir``, the adapter
+    merged into a fresh copy of the base (``base_path``) as a plain HF folder. Only the trainable
+    parameters are gathered (ZeRO-3: a collective over them alone); both writes are atomic."""
+    state = runtime.lora.trainable_state(engine)
+    out_dir = _export(lambda tmp: (runtime.lora.save_adapter(engine, state, tmp), tokenizer.save_pretrained(tmp)),
+                      out_dir)
+    if merged_dir is not None:
+        def write_merged(tmp: Path) -> None:
+            merged = runtime.lora.merged_copy(engine, state, base_path, dtype=dtype, attn=attn,
+                                              trust_remote_code=trust_remote_code)
+            merged.config.use_cache = True
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        _export(write_merged, merged_dir)
+    return out_dir
+
+
+def _export(write, out_dir: Path) -> Path:
+    """Rank 0 runs ``write(tmp)`` into a temporary sibling of ``out_dir``, then renames it into
+    place; every rank returns ``out_dir`` or raises the same OSError (a collective)."""
+    from safetensors import SafetensorError
+
+    from ..io import os_failure
+
     out_dir = Path(out_dir)
     failure = None
     if dist.is_main():
@@ -187,8 +226,7 @@ def export_policy(engine, tokenizer, out_dir: Path, zero_stage: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
-            engine.module.save_pretrained(tmp, state_dict=state)
-            tokenizer.save_pretrained(tmp)
+            write(tmp)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)

@@ -68,8 +68,10 @@ def latest(root: Path) -> Optional[Path]:
 # ------------------------------------------------------------------------------------ save
 
 
-def save(engine, root: Path, step: int, trainer_state: dict, keep: int = 2) -> Path:
+def save(engine, root: Path, step: int, trainer_state: dict, keep: int = 2, trainable_only: bool = False) -> Path:
     """Write checkpoint ``step`` under ``root`` on every rank (a collective); return its folder.
+    ``trainable_only`` (LoRA): the frozen base weights are left out — they are model.policy's, read
+    again at resume — so a checkpoint holds the adapters, their fp32 master copy and Adam state.
 
     A write that fails on any rank (OSError, or torch.save's RuntimeError on a full disk) makes
     every rank raise the same OSError naming the path, after the temporary folder is removed."""
@@ -83,7 +85,7 @@ def save(engine, root: Path, step: int, trainer_state: dict, keep: int = 2) -> P
         failure = _attempt(lambda: tmp.mkdir(parents=True, exist_ok=True), tmp)
     _agree(failure, tmp, node_lead)  # a read-only folder stops every rank here, before DeepSpeed writes
     with _ds_writes_recorded(engine) as failures:
-        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False, exclude_frozen_parameters=trainable_only)
     failure = failures[0] if failures else _attempt(lambda: _save_rng(tmp / "rng", dist.rank()), tmp / "rng")
     if failure is None and dist.is_main():
         state = {**trainer_state, "step": step, "world_size": dist.world_size(), "model": model_signature(engine)}
@@ -217,12 +219,12 @@ def find_resumable(root: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
     return None, skipped
 
 
-def load(engine, folder: Path, verified: bool = False) -> dict:
+def load(engine, folder: Path, verified: bool = False, trainable_only: bool = False) -> dict:
     """Restore engine state and this rank's RNG from ``folder``; return the trainer state.
 
     Checks first (:func:`problem`, unless ``verified`` says the caller just did; then the model
     signature), then DeepSpeed loads with ``weights_only`` unpickling; any failure is a UserError
-    naming the checkpoint."""
+    naming the checkpoint. ``trainable_only``: as saved by :func:`save` with it (LoRA)."""
     folder = Path(folder)
     why = None if verified else problem(folder)
     if why is not None:
@@ -237,8 +239,9 @@ def load(engine, folder: Path, verified: bool = False) -> dict:
 
     try:
         with _weights_only_unpickling(engine):
+            # trainable_only: the saved module state lacks the frozen base, which stays as loaded
             load_path, _ = engine.load_checkpoint(str(folder), tag=DS_TAG, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+                                                  load_lr_scheduler_states=True, load_module_strict=not trainable_only)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():  # truncated or garbled, not refused
             raise UserError(f"cannot load the DeepSpeed state: {_first_line(e)}", where=str(folder / DS_TAG)) from None

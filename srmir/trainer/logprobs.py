@@ -70,6 +70,30 @@ def fused_head(lm_head: torch.nn.Module, index_M: torch.Tensor, hidden_rows: int
         del lm_head.forward  # back to the class's forward
 
 
+@contextlib.contextmanager
+def own_zero3_trace(engine):
+    """Within the block, ZeRO-3 prefetches by a trace of the block's own passes.
+
+    DeepSpeed's ZeRO-3 records the module order of one pass and prefetches the next pass's
+    parameters by it. A pass that runs other modules (the LoRA reference: the adapters skipped)
+    diverges from that trace: the coordinator drops the trace *and releases what it prefetched*,
+    which is then gathered a second time in the same pass. Dropping the trace at both edges of the
+    block instead lets each kind of pass record and follow its own order: every parameter is
+    gathered at most once per pass (``tests/test_lora.py``). A no-op below ZeRO-3."""
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    coordinator = offload.get_param_coordinator() if offload is not None else None
+
+    def drop_trace():  # a complete trace, or one being recorded (it completes at the next forward)
+        if coordinator is not None and not coordinator.is_invalid_trace():
+            coordinator._invalidate_trace()
+
+    drop_trace()
+    try:
+        yield
+    finally:
+        drop_trace()
+
+
 @dataclass
 class LogprobInputs:
     """What one log-prob pass over a micro-batch feeds the model: its keyword arguments and, for

@@ -1,9 +1,10 @@
-"""Step metrics: a JSONL file, a console progress bar with ETA, TensorBoard when installed, and a
-PNG of the reward curves (overall, per shadow RM, per prompt category) and of the behaviour
-(refusal on harmful and benign prompts, repetition, distinct-2) at the end.
+"""Step metrics: a JSONL file, a console progress bar with ETA, the experiment trackers of
+``train.report_to`` (TensorBoard, W&B, MLflow: :mod:`.tracking`), and a PNG of the reward curves
+(overall, per shadow RM, per prompt category) and of the behaviour (refusal on harmful and benign
+prompts, repetition, distinct-2) at the end.
 
 Only rank 0 writes. Metric names are flat ``group/name`` strings (``reward/category/insult``),
-the same in the JSONL file, TensorBoard and the plot.
+the same in the JSONL file, every tracker and the plot.
 """
 from __future__ import annotations
 
@@ -25,35 +26,33 @@ _BAR_KEYS = (("reward/mean", "reward"), ("kl", "kl"), ("refusal/harmful", "ref_h
 class MetricsLogger:
     """Append one JSON object per step to ``metrics.jsonl`` and show progress (rank 0 only)."""
 
-    def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True):
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 report_to: tuple = (), config: Optional[dict] = None, run_name: Optional[str] = None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._bar = None
-        self._tb = None
+        self._trackers: list = []
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_after(self.path, start_step)  # a resumed run redoes the steps after its checkpoint
         from tqdm.auto import tqdm
 
+        from .tracking import open_trackers
+
+        self._trackers = open_trackers(list(report_to), Path(output_dir), config, start_step, run_name)
         self._bar = tqdm(total=total_steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-        except ImportError:
-            pass
-        else:
-            self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        from .tracking import scalars
+
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(scrub(json.dumps(record)) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self._tb.add_scalar(key, value, step)
+        for tracker in self._trackers:
+            tracker.log(step, scalars(record))
         if self._bar is not None:
             self._bar.set_postfix({short: f"{metrics[k]:.3g}" for k, short in _BAR_KEYS
                                    if isinstance(metrics.get(k), (int, float))}, refresh=False)
@@ -67,9 +66,9 @@ class MetricsLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
-        self._bar = self._tb = None
+        for tracker in self._trackers:
+            tracker.close()
+        self._bar, self._trackers = None, []
 
 
 def read_metrics(path: Path) -> list[dict]:

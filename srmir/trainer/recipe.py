@@ -6,6 +6,7 @@ One step (N = prompts_per_step × G sequences over all ranks, n = N / world on t
     generate (ZeRO-3: parameters gathered once)                           [n, C] completions
     score with the shadow bank ─▶ all-gather [N, K] ─▶ combine ─▶ group advantages   [N]
     log-probs without grad: old policy (μ > 1) and frozen reference      [n, C]
+        (model.lora: the reference is the policy engine with its adapters off — no second model)
     μ × (micro-batches: clipped surrogate + β·KL ─▶ backward) ─▶ optimizer step
     metrics, checkpoint
 
@@ -18,6 +19,8 @@ ranks × micro-batches split (``tests/test_trainer_invariance.py``).
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 import resource
 import signal
@@ -41,10 +44,11 @@ from ..runtime.logits import logit_transform
 from ..runtime.logits import verify as verify_logits
 from . import build, checkpoint
 from .ds_config import default_ds_config, fill_ds_config, load_ds_config, zero_stage
-from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, packing_supported
+from .logprobs import LogprobInputs, completion_logprobs, logprob_inputs, own_zero3_trace, packing_supported
 from .metrics import MetricsLogger, format_trend, plot_rewards, read_metrics, reward_trend
 from .rollout import Rollout, gathered_for_generation, generate
 from .sampler import BENIGN, BalancedPromptSampler
+from .tracking import check_available as check_trackers
 from ..rewards.combine import HELPFULNESS, bank_heads, score_heads
 
 
@@ -86,6 +90,7 @@ class GRPORecipe:
         self.device = dist.init(self.local_rank)
         self.rank, self.world = dist.rank(), dist.world_size()
         _seed_everything(t.seed + self.rank)
+        check_trackers(t.report_to)  # a missing package fails before any model is loaded
         self.output_dir = Path(t.output_dir)
         self.ckpt_root = self.output_dir / "checkpoints"
         taxonomy = load_taxonomy(self.cfg.data.taxonomy)
@@ -94,7 +99,8 @@ class GRPORecipe:
         self._setup_rewards(taxonomy, pool)
         self.start_step, self.bad_in_row, self.skipped_total = 0, 0, 0
         self._resume()
-        self.metrics = MetricsLogger(self.output_dir, t.steps, self.start_step, enabled=dist.is_main())
+        self.metrics = MetricsLogger(self.output_dir, t.steps, self.start_step, enabled=dist.is_main(),
+                                     report_to=t.report_to, config=self.cfg.to_dict(), run_name=t.run_name)
         self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _setup_prompts(self, taxonomy) -> list[dict]:
@@ -117,6 +123,9 @@ class GRPORecipe:
         each model's post-head logit transform is read and verified."""
         m, t = self.cfg.model, self.cfg.train
         policy_path = resolve_model(m.policy)
+        if m.lora is not None and runtime.lora.is_adapter_dir(policy_path):
+            raise UserError("is a LoRA adapter folder; new adapters go on a whole model: export that run with "
+                            "train.export_merged=true and train on its policy_merged/", where="model.policy")
         self.tokenizer = runtime.load_tokenizer(policy_path, m.trust_remote_code, where="model.policy")
         model_config = _model_config(policy_path, m.trust_remote_code)
         try:
@@ -134,16 +143,21 @@ class GRPORecipe:
             world_size=self.world, dtype=m.dtype, max_grad_norm=t.max_grad_norm,
             hidden_size=model_config.hidden_size, source=t.deepspeed or "train.zero_stage")
         self.zero_stage = zero_stage(self.ds_config)
+        self.policy_path = policy_path
         self.engine = build.policy_engine(
             policy_path, self.ds_config, dtype=m.dtype, attn=m.attn_implementation,
             gradient_checkpointing=m.gradient_checkpointing, trust_remote_code=m.trust_remote_code,
             lr=t.lr, weight_decay=t.weight_decay, schedule=t.lr_schedule,
-            total_steps=t.steps * self.cfg.grpo.num_iterations, warmup_steps=t.warmup_steps)
-        self.lm_head = self.engine.module.get_output_embeddings()
+            total_steps=t.steps * self.cfg.grpo.num_iterations, warmup_steps=t.warmup_steps,
+            lora=dataclasses.asdict(m.lora) if m.lora else None, base_reference=_base_reference(m.policy, policy_path))
+        self.lm_head = runtime.lora.output_head(self.engine)  # the Linear inside peft's wrappers, if any
         self.transform = logit_transform(self.engine.module)
         verify_logits(self.engine, self.lm_head, self.transform, self.device, where="model.policy")
         self.ref, self.ref_head, self.ref_transform = None, None, None
-        if self.cfg.grpo.beta > 0:
+        # LoRA: the reference is the policy with its adapters off (the base weights never change),
+        # unless another reference model is named
+        self.ref_is_base = self.cfg.grpo.beta > 0 and m.lora is not None and m.reference in (None, m.policy)
+        if self.cfg.grpo.beta > 0 and not self.ref_is_base:
             self.ref, self.ref_head = build.reference_model(
                 resolve_model(m.reference or m.policy), self.ds_config, self.device, dtype=m.dtype,
                 attn=m.attn_implementation, trust_remote_code=m.trust_remote_code)
@@ -214,7 +228,7 @@ class GRPORecipe:
                             "or choose another train.output_dir", where="train.output_dir")
         if folder is None:
             return
-        state = checkpoint.load(self.engine, folder, verified=verified)
+        state = checkpoint.load(self.engine, folder, verified=verified, trainable_only=self.cfg.model.lora is not None)
         try:
             self.sampler.load_state_dict(state["sampler"])
             self.start_step = int(state["step"])
@@ -319,12 +333,17 @@ class GRPORecipe:
         """Old-policy log-probs (only when μ > 1: with μ = 1 they equal the live ones, detached) and
         reference log-probs (only when β > 0), micro-batch by micro-batch, completion tokens only."""
         need_old, old, ref = self.cfg.grpo.num_iterations > 1, [], []
+        args = (self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
         for micro in inputs:
-            args = (micro, self.cfg.rollout.temperature, self.cfg.train.logprob_backend)
             if need_old:
-                old.append(completion_logprobs(self.engine, self.lm_head, *args, transform=self.transform)[0])
+                old.append(completion_logprobs(self.engine, self.lm_head, micro, *args, transform=self.transform)[0])
             if self.ref is not None:
-                ref.append(completion_logprobs(self.ref, self.ref_head, *args, transform=self.ref_transform)[0])
+                ref.append(completion_logprobs(self.ref, self.ref_head, micro, *args, transform=self.ref_transform)[0])
+        if self.ref_is_base:  # LoRA: the same engine with its adapters off (no second model)
+            with runtime.lora.adapters_disabled(self.engine), own_zero3_trace(self.engine):
+                head = runtime.lora.output_head(self.engine)  # a head trained fully: its original
+                ref = [completion_logprobs(self.engine, head, micro, *args, transform=self.transform)[0]
+                       for micro in inputs]
         return (torch.cat(old) if old else None), (torch.cat(ref) if ref else None)
 
     def _micro_batches(self) -> list[slice]:
@@ -471,14 +490,23 @@ class GRPORecipe:
     def save_checkpoint(self, step: int) -> Path:
         state = {"sampler": self.sampler.state_dict(), "bad_in_row": self.bad_in_row,
                  "skipped_total": self.skipped_total}
-        folder = checkpoint.save(self.engine, self.ckpt_root, step, state, keep=self.cfg.train.keep_checkpoints)
+        folder = checkpoint.save(self.engine, self.ckpt_root, step, state, keep=self.cfg.train.keep_checkpoints,
+                                 trainable_only=self.cfg.model.lora is not None)
         self.metrics.write(f"srmir: checkpoint {folder}")
         return folder
 
     def cleanup(self) -> Path:
-        """Export the final policy (HF folder), plot the reward curves, close the logs."""
-        self.engine.module.config.use_cache = True
-        policy_dir = build.export_policy(self.engine, self.tokenizer, self.output_dir / "policy", self.zero_stage)
+        """Export the final policy (an HF folder; with LoRA the adapter folder, and the merged HF folder
+        when train.export_merged), plot the reward curves, close the logs."""
+        m, t = self.cfg.model, self.cfg.train
+        runtime.lora.hf_model(self.engine).config.use_cache = True
+        if m.lora is not None:  # policy/ = the adapter; policy_merged/ = adapter merged into the base
+            policy_dir = build.export_adapter(
+                self.engine, self.tokenizer, self.output_dir / "policy", base_path=self.policy_path, dtype=m.dtype,
+                attn=m.attn_implementation, trust_remote_code=m.trust_remote_code,
+                merged_dir=self.output_dir / "policy_merged" if t.export_merged else None)
+        else:
+            policy_dir = build.export_policy(self.engine, self.tokenizer, self.output_dir / "policy", self.zero_stage)
         if dist.is_main():
             plot_rewards(self.metrics.path, self.output_dir / "rewards.png")
             trend = reward_trend([r for r in read_metrics(self.metrics.path) if "step" in r])
@@ -539,6 +567,8 @@ def _seed_everything(seed: int) -> None:
 def _model_config(path: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    if runtime.lora.is_adapter_dir(path):  # a LoRA run's policy/: the adapter merged into its base
+        path = runtime.lora.adapter_base(path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -549,6 +579,13 @@ def _model_config(path: str, trust_remote_code: bool):
 def _unwrap(model):
     """The HF model inside a DeepSpeed engine (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def _base_reference(reference: str, resolved: str) -> str:
+    """What an exported adapter names as its base: an absolute path for a local folder (loadable
+    offline by srmir and peft alike; the embedded SmolLM2 is its converted cache folder), else the
+    hub id as given."""
+    return os.path.abspath(resolved) if os.path.isdir(resolved) else reference
 
 
 def _mean(x: torch.Tensor) -> Optional[float]:

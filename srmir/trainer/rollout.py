@@ -70,15 +70,19 @@ def completion_mask(completion_ids_BC: torch.Tensor, eos_ids: Sequence[int]) -> 
 
 @contextlib.contextmanager
 def gathered_for_generation(engine, zero_stage: int):
-    """The HF model to call ``generate`` on. Under ZeRO-3: all parameters gathered *once* for the
-    whole rollout and DeepSpeed's per-module hooks removed (re-added on exit)."""
+    """The HF model to call ``generate`` on (inside a peft wrapper: the model with its LoRA adapters
+    active, merged into temporary copies of their weights: ``runtime.lora.merged_for_generation``).
+    Under ZeRO-3: all parameters, adapters included, gathered *once* for the whole rollout and
+    DeepSpeed's per-module hooks removed (re-added on exit)."""
+    from ..runtime.lora import hf_model, merged_for_generation
+
+    gather = contextlib.nullcontext()
     if zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-        with unwrap_model_for_generation(engine):
-            yield engine.module
-    else:
-        yield engine.module
+        gather = unwrap_model_for_generation(engine)
+    with gather, merged_for_generation(engine):  # merged inside the gather, restored before re-sharding
+        yield hf_model(engine)
 
 
 def position_ids(attention_mask_BT: torch.Tensor) -> torch.Tensor:
