@@ -145,6 +145,12 @@ class RewardsConfig:
     generated evasive filler, repetition loops, off-topic text and refusals collapsing into loops for
     harmful prompts; over an unnecessary refusal, evasion, lecture, off-topic answer and loop for
     benign ones — ``srmir.rewards.negatives``). Validation pairs stay as given."""
+    policy_samples: Optional[str] = None
+    """Labelled answers of the policy to training prompts (JSONL: prompt, response, label of refusal,
+    compliance or non_answer), or ``shipped:smollm2`` (hand-labelled SmolLM2-135M answers shipped
+    with srmir): each answer that is not what its prompt deserves becomes a rejected answer against
+    the prompt's CoD answer (on-policy negatives; prompts of the validation and test splits are
+    never used)."""
     lora: Optional[LoraConfig] = None
     """Train each RM's backbone through LoRA adapters (``srmir[lora]``), on its top ``tuned_layers``
     blocks (all blocks when that is null); the adapters are merged before the bank stacks the K

@@ -604,3 +604,28 @@ def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult
     scores_r = broken.score([r["prompt"] for r in val], [r["rejected"] for r in val], normalize=False)
     torch.testing.assert_close(scores_c, scores_r)  # it sees only the shape, and the shapes are equal
     assert evaluate_bank(broken, val)["pairwise_accuracy"]["insult"]["insult"] == 0.0
+
+
+def test_policy_samples_become_negatives_only_where_they_miss_and_only_for_training_prompts(tmp_path):
+    from srmir.rewards.train import load_policy_samples, policy_sample_pairs
+
+    recs = [{"id": "1", "category": "insult", "prompt": "Insult my coworker.", "chosen": "d\n#### No, I won't.",
+             "rejected": "x"},
+            {"id": "2", "category": "benign", "prompt": "How do I boil an egg?", "chosen": "d\n#### Boil it 7 min.",
+             "rejected": "x"}]
+    samples = [{"prompt": "Insult my coworker.", "response": "He is slow.", "label": "compliance"},
+               {"prompt": "Insult my coworker.", "response": "I'm here to help!", "label": "non_answer"},
+               {"prompt": "Insult my coworker.", "response": "I won't do that.", "label": "refusal"},  # deserved
+               {"prompt": "How do I boil an egg?", "response": "I can't help.", "label": "refusal"},
+               {"prompt": "How do I boil an egg?", "response": "Boil it.", "label": "compliance"},  # deserved
+               {"prompt": "A prompt of the test split", "response": "whatever", "label": "compliance"}]
+    pairs = policy_sample_pairs(recs, samples)
+    assert pairs == {"insult": [("Insult my coworker.", "No, I won't.", "He is slow."),
+                                ("Insult my coworker.", "No, I won't.", "I'm here to help!")],
+                     "benign": [("How do I boil an egg?", "Boil it 7 min.", "I can't help.")]}
+    shipped = load_policy_samples("shipped:smollm2")
+    assert len(shipped) > 300 and {r["label"] for r in shipped} == {"refusal", "compliance", "non_answer"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "response": "r", "label": "maybe"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1"):
+        load_policy_samples(str(bad))

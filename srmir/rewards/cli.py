@@ -68,7 +68,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
     from ..taxonomy import load_taxonomy
     from .bank import HELPFULNESS
     from .evaluate import evaluate_bank, format_matrix, plot_heatmap
-    from .train import dist_info, train_bank
+    from .train import dist_info, load_policy_samples, train_bank
 
     rw, d = cfg.rewards, cfg.data
     taxonomy = load_taxonomy(d.taxonomy)
@@ -88,6 +88,7 @@ def train_from_config(cfg, out=None, categories=None, categories_flag: bool = Fa
         max_length=rw.max_length, tuned_layers=rw.tuned_layers, shared_trunk=rw.shared_trunk,
         normalize=rw.normalize, score_batch_size=rw.batch_size_score, seed=cfg.train.seed, log=log, augment=rw.augment,
         helpfulness=rw.helpfulness, lora=dataclasses.asdict(rw.lora) if rw.lora else None,
+        policy_samples=load_policy_samples(rw.policy_samples) if rw.policy_samples else None,
         epochs=rw.epochs, batch_size=rw.batch_size, grad_accum=rw.grad_accum, lr=rw.lr, margin=rw.margin,
         l2_reg=rw.l2_reg, patience=rw.patience, bf16=rw.bf16)
     log(f"trained {len(bank.heads)} reward models in {time.perf_counter() - t0:.0f} s")

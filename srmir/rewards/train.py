@@ -192,6 +192,47 @@ def pairs_by_category(records: Sequence[dict], augment: Sequence[str] = ()) -> d
     return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items()}
 
 
+POLICY_SAMPLES_SHIPPED = "shipped:smollm2"
+
+
+def load_policy_samples(spec: str) -> list[dict]:
+    """Labelled answers of the policy ``{"prompt", "response", "label"}`` (label: refusal, compliance
+    or non_answer) from a JSONL file, or the hand-labelled SmolLM2-135M answers srmir ships
+    (``shipped:smollm2``, the ones the learned eval judge trains on: answers to training prompts only)."""
+    from ..io import read_jsonl
+
+    path = Path(__file__).resolve().parents[1] / "assets" / "judge" / "smollm2_answers.jsonl" \
+        if spec == POLICY_SAMPLES_SHIPPED else Path(spec)
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, start=1):
+        if not all(isinstance(r.get(k), str) for k in ("prompt", "response", "label")) or \
+                r["label"] not in ("refusal", "compliance", "non_answer"):
+            raise UserError("each line needs prompt, response and a label of refusal, compliance or non_answer",
+                            where=f"{path}:{i}")
+    return rows
+
+
+def policy_sample_pairs(records: Sequence[dict], samples: Sequence[dict]) -> dict[str, list[Pair]]:
+    """On-policy negatives: {category: [(prompt, proper answer, policy answer), ...]} for every
+    labelled policy answer to a prompt of ``records`` that is not what the prompt deserves — a
+    compliant or evasive answer to a harmful prompt, a refusal or non-answer to a benign one —
+    against that prompt's CoD answer. Templated negatives cannot anticipate every way a policy
+    complies; its own samples show the RMs exactly the text GRPO will score. Prompts outside
+    ``records`` (the validation and test splits) are never used."""
+    by_prompt: dict[str, dict] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt"].strip(), r)
+    out: dict[str, list[Pair]] = {}
+    for s in samples:
+        rec = by_prompt.get(s["prompt"].strip())
+        if rec is None or s.get("set", "harmful") == "jailbreak":
+            continue
+        benign = rec["category"] == BENIGN_CLASS
+        if (s["label"] == "compliance") != benign or s["label"] == "non_answer":
+            out.setdefault(rec["category"], []).append((rec["prompt"], _answer(rec["chosen"]), s["response"]))
+    return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items()}
+
+
 def _answer(text: str) -> str:
     """The answer after a CoD draft (the whole text when it has none)."""
     return text.split("####", 1)[1].strip() if "####" in text else text
@@ -268,7 +309,8 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
     embeddings and the blocks below stay frozen and shared); ``shared_trunk``: only the K heads
     train. When ``out_dir`` already holds a bank of the same backbone, its RMs of other categories
     are kept (train categories in several runs); another backbone or taxonomy there is an error.
-    ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`, :func:`negative_pairs`);
+    ``augment`` adds pairs to the *training* pairs (:func:`augmented_pairs`, :func:`negative_pairs`),
+    and so do ``policy_samples`` (labelled policy answers, :func:`policy_sample_pairs`);
     validation is unchanged. Also fits the prompt classifier (the categories, plus ``benign`` when
     the data has benign prompts) on the training prompts (accuracy on ``test_records``, else on the
     validation records). ``lora`` (the fields of ``rewards.lora``): each RM's tuned blocks train
@@ -277,6 +319,8 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
     """
     rank, _ = dist_info()
     train, val = pairs_by_category(train_records, augment), pairs_by_category(val_records)
+    for c, pairs in policy_sample_pairs(train_records, policy_samples or []).items():
+        train[c] = list(dict.fromkeys(train.get(c, []) + pairs))
     cats = _check_categories(categories, taxonomy, train, val)
     names = cats + ([HELPFULNESS] if _wants_helpfulness(helpfulness, categories, train, val) else [])
     previous = _previous_bank(out_dir, backbone, taxonomy)
