@@ -299,7 +299,7 @@ def train_bank(train_records: Sequence[dict], val_records: Sequence[dict], taxon
                tuned_layers: Optional[int] = 2, shared_trunk: bool = False, normalize: bool = True,
                score_batch_size: int = 64, seed: int = 0, log: Callable[[str], None] = print,
                augment: Sequence[str] = (), helpfulness: bool = True, lora: Optional[dict] = None,
-               **hyperparams) -> ShadowRewardBank:
+               policy_samples: Optional[Sequence[dict]] = None, **hyperparams) -> ShadowRewardBank:
     """Train one RM per category (all of ``taxonomy`` or ``categories``), stack them, save to ``out_dir``.
 
     With ``helpfulness`` (default) and benign records in the data, the helpfulness RM is trained too
