@@ -522,6 +522,11 @@ def test_train_bank_adds_the_helpfulness_rm_and_eval_reports_its_row(bert_dir, t
     assert list(result["pairwise_accuracy"]) == ["a", "b", HELPFULNESS]
     assert list(result["pairs"]) == ["a", "b", "benign"]
     assert result["pairwise_accuracy"][HELPFULNESS]["benign"] == 1.0
+    # labelled policy answers add training pairs (on-policy negatives) to the prompt's category
+    miss = [{"prompt": train[0]["prompt"], "response": "ok here it is", "label": "compliance"}]
+    with_samples = train_bank(train, val, tax, bert_dir, None, helpfulness=False, policy_samples=miss, **hp)
+    assert with_samples.info["training"][train[0]["category"]]["train_pairs"] == \
+        train_bank(train, val, tax, bert_dir, None, helpfulness=False, **hp).info["training"][train[0]["category"]]["train_pairs"] + 1
     # without the switch, or with an explicit category list that does not name it, no helpfulness RM
     assert train_bank(train, val, tax, bert_dir, None, helpfulness=False, **hp).heads == ["a", "b"]
     assert train_bank(train, val, tax, bert_dir, None, ["a"], **hp).heads == ["a"]
