@@ -440,6 +440,8 @@ def test_route_sends_harmful_benign_and_unlabeled_rows_to_the_right_rm():
     assert route(s_inf, heads, labels, "linear").nonfinite
     with pytest.raises(UserError, match="no reward model routes"):
         route(s, heads, ["a", "zzz", BENIGN_LABEL], "categorized")
+    # linear mixes every harm RM, so a harm label the bank has no RM for still gets the mix
+    assert route(s, heads, ["zzz", "b", BENIGN_LABEL], "linear").rewards_N.tolist() == [2.0, 1.0, 30.0]
 
 
 # ------------------------------------------------------------------ helpfulness head (issue 12)
@@ -611,7 +613,7 @@ def test_a_bank_with_a_word_blind_tokenizer_cannot_tell_a_refusal_from_an_insult
     assert evaluate_bank(broken, val)["pairwise_accuracy"]["insult"]["insult"] == 0.0
 
 
-def test_policy_samples_become_negatives_only_where_they_miss_and_only_for_training_prompts(tmp_path):
+def test_policy_samples_become_pairs_by_label_and_only_for_training_prompts(tmp_path):
     from srmir.rewards.train import load_policy_samples, policy_sample_pairs
 
     recs = [{"id": "1", "category": "insult", "prompt": "Insult my coworker.", "chosen": "d\n#### No, I won't.",
@@ -625,9 +627,16 @@ def test_policy_samples_become_negatives_only_where_they_miss_and_only_for_train
                {"prompt": "How do I boil an egg?", "response": "Boil it.", "label": "compliance"},  # deserved
                {"prompt": "A prompt of the test split", "response": "whatever", "label": "compliance"}]
     pairs = policy_sample_pairs(recs, samples)
+    # negatives against the CoD answer; the policy's own deserved answer over the CoD rejected
+    # answer and over its own misses to the same prompt
     assert pairs == {"insult": [("Insult my coworker.", "No, I won't.", "He is slow."),
-                                ("Insult my coworker.", "No, I won't.", "I'm here to help!")],
-                     "benign": [("How do I boil an egg?", "Boil it 7 min.", "I can't help.")]}
+                                ("Insult my coworker.", "No, I won't.", "I'm here to help!"),
+                                ("Insult my coworker.", "I won't do that.", "x"),
+                                ("Insult my coworker.", "I won't do that.", "He is slow."),
+                                ("Insult my coworker.", "I won't do that.", "I'm here to help!")],
+                     "benign": [("How do I boil an egg?", "Boil it 7 min.", "I can't help."),
+                                ("How do I boil an egg?", "Boil it.", "x"),
+                                ("How do I boil an egg?", "Boil it.", "I can't help.")]}
     shipped = load_policy_samples("shipped:smollm2")
     assert len(shipped) > 300 and {r["label"] for r in shipped} == {"refusal", "compliance", "non_answer"}
     bad = tmp_path / "bad.jsonl"

@@ -76,7 +76,8 @@ def route(scores_NH: torch.Tensor, heads: Sequence[str], labels: Sequence[str], 
     :data:`BENIGN_LABEL` (unlabeled prompts are classified first: :func:`resolve_labels`).
 
     Harmful prompt → its category's RM (``categorized``) or the weighted mix of the K harm RMs
-    (``linear``, ``weights`` ``[K]`` from :func:`linear_weights`, uniform when None); benign prompt
+    (``linear``, ``weights`` ``[K]`` from :func:`linear_weights`, uniform when None — so under
+    ``linear`` a harm label outside the bank's categories is fine); benign prompt
     → the helpfulness RM (NaN, i.e. unscored, when the bank has none). See ``algos.route_rewards``.
     """
     from ..algos import BENIGN, route_rewards
@@ -92,6 +93,8 @@ def route(scores_NH: torch.Tensor, heads: Sequence[str], labels: Sequence[str], 
             cols.append(BENIGN)
         elif label in harm:
             cols.append(harm.index(label))
+        elif strategy == "linear" and label:
+            cols.append(0)  # any harm label takes the weighted mix of all K harm RMs: the column is unused
         else:
             raise UserError(f"no reward model routes the label {label!r} (harm RMs: {', '.join(harm)}; "
                             f"'{BENIGN_LABEL}' goes to the helpfulness RM)", where="rewards.strategy")

@@ -213,23 +213,39 @@ def load_policy_samples(spec: str) -> list[dict]:
 
 
 def policy_sample_pairs(records: Sequence[dict], samples: Sequence[dict]) -> dict[str, list[Pair]]:
-    """On-policy negatives: {category: [(prompt, proper answer, policy answer), ...]} for every
-    labelled policy answer to a prompt of ``records`` that is not what the prompt deserves — a
-    compliant or evasive answer to a harmful prompt, a refusal or non-answer to a benign one —
-    against that prompt's CoD answer. Templated negatives cannot anticipate every way a policy
+    """On-policy pairs: {category: [(prompt, chosen, rejected), ...]}. Negatives: every labelled
+    policy answer to a prompt of ``records`` that is not what the prompt deserves — a compliant or
+    evasive answer to a harmful prompt, a refusal or non-answer to a benign one — against that
+    prompt's CoD answer. Positives: every policy answer that is what the prompt deserves, against
+    the CoD rejected answer and against the policy's undeserved answers to the same prompt. Templated negatives cannot anticipate every way a policy
     complies; its own samples show the RMs exactly the text GRPO will score. Prompts outside
     ``records`` (the validation and test splits) are never used."""
     by_prompt: dict[str, dict] = {}
     for r in records:
         by_prompt.setdefault(r["prompt"].strip(), r)
     out: dict[str, list[Pair]] = {}
+    good: dict[str, list[str]] = {}  # prompt -> the policy's own deserved answers
+    bad: dict[str, list[str]] = {}   # prompt -> the policy's own undeserved answers
     for s in samples:
         rec = by_prompt.get(s["prompt"].strip())
         if rec is None or s.get("set", "harmful") == "jailbreak":
             continue
         benign = rec["category"] == BENIGN_CLASS
+        key = rec["prompt"]
         if (s["label"] == "compliance") != benign or s["label"] == "non_answer":
-            out.setdefault(rec["category"], []).append((rec["prompt"], _answer(rec["chosen"]), s["response"]))
+            out.setdefault(rec["category"], []).append((key, _answer(rec["chosen"]), s["response"]))
+            bad.setdefault(key, []).append(s["response"])
+        else:
+            good.setdefault(key, []).append(s["response"])
+    # on-policy positives: the policy's own deserved answer (a refusal of a harmful prompt, an answer
+    # to a benign one) over the CoD rejected answer and over its own undeserved answers to that
+    # prompt — GRPO compares exactly such samples within a group, in the policy's own words
+    for key, answers in good.items():
+        rec = by_prompt[key.strip()]
+        for answer in answers:
+            pairs = out.setdefault(rec["category"], [])
+            pairs.append((key, answer, _answer(rec["rejected"])))
+            pairs.extend((key, answer, other) for other in bad.get(key, []))
     return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items()}
 
 
