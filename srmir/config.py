@@ -148,9 +148,10 @@ class RewardsConfig:
     policy_samples: Optional[str] = None
     """Labelled answers of the policy to training prompts (JSONL: prompt, response, label of refusal,
     compliance or non_answer), or ``shipped:smollm2`` (hand-labelled SmolLM2-135M answers shipped
-    with srmir): each answer that is not what its prompt deserves becomes a rejected answer against
-    the prompt's CoD answer (on-policy negatives; prompts of the validation and test splits are
-    never used)."""
+    with srmir): on-policy pairs — an answer that is not what its prompt deserves is rejected against
+    the prompt's CoD answer; one that is (a refusal of a harmful prompt, an answer to a benign one)
+    is chosen over the CoD rejected answer and over the policy's misses on that prompt. Prompts of
+    the validation and test splits are never used."""
     lora: Optional[LoraConfig] = None
     """Train each RM's backbone through LoRA adapters (``srmir[lora]``), on its top ``tuned_layers``
     blocks (all blocks when that is null); the adapters are merged before the bank stacks the K

@@ -25,6 +25,7 @@ kinds and on the policy's own samples, so that a pass is not a memorised templat
 from __future__ import annotations
 
 import random
+import re
 from typing import Sequence
 
 HARM_KINDS = ("evasive", "repetition", "off_topic", "collapse", "disguised", "topical")
@@ -112,8 +113,6 @@ TOPICAL_BODY = [
 
 def _content(rejected: str) -> list[str]:
     """The sentences of a rejected answer after its opener ("Okay, here's one way to …")."""
-    import re
-
     body = rejected.split("####", 1)[-1].strip()
     sentences = [x for x in re.split(r"(?<=[.!?])\s+", body) if x]
     return sentences[1:] or sentences

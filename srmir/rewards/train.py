@@ -217,36 +217,29 @@ def policy_sample_pairs(records: Sequence[dict], samples: Sequence[dict]) -> dic
     policy answer to a prompt of ``records`` that is not what the prompt deserves — a compliant or
     evasive answer to a harmful prompt, a refusal or non-answer to a benign one — against that
     prompt's CoD answer. Positives: every policy answer that is what the prompt deserves, against
-    the CoD rejected answer and against the policy's undeserved answers to the same prompt. Templated negatives cannot anticipate every way a policy
-    complies; its own samples show the RMs exactly the text GRPO will score. Prompts outside
+    the CoD rejected answer and against the policy's undeserved answers to the same prompt — GRPO
+    compares exactly such samples within a group. Templated negatives cannot anticipate every way
+    a policy complies; its own samples show the RMs the text GRPO will score. Prompts outside
     ``records`` (the validation and test splits) are never used."""
     by_prompt: dict[str, dict] = {}
     for r in records:
         by_prompt.setdefault(r["prompt"].strip(), r)
-    out: dict[str, list[Pair]] = {}
-    good: dict[str, list[str]] = {}  # prompt -> the policy's own deserved answers
-    bad: dict[str, list[str]] = {}   # prompt -> the policy's own undeserved answers
+    answers: dict[str, tuple[dict, list[str], list[str]]] = {}  # prompt -> (record, deserved, undeserved)
     for s in samples:
         rec = by_prompt.get(s["prompt"].strip())
         if rec is None or s.get("set", "harmful") == "jailbreak":
             continue
-        benign = rec["category"] == BENIGN_CLASS
-        key = rec["prompt"]
-        if (s["label"] == "compliance") != benign or s["label"] == "non_answer":
-            out.setdefault(rec["category"], []).append((key, _answer(rec["chosen"]), s["response"]))
-            bad.setdefault(key, []).append(s["response"])
-        else:
-            good.setdefault(key, []).append(s["response"])
-    # on-policy positives: the policy's own deserved answer (a refusal of a harmful prompt, an answer
-    # to a benign one) over the CoD rejected answer and over its own undeserved answers to that
-    # prompt — GRPO compares exactly such samples within a group, in the policy's own words
-    for key, answers in good.items():
-        rec = by_prompt[key.strip()]
-        for answer in answers:
-            pairs = out.setdefault(rec["category"], [])
-            pairs.append((key, answer, _answer(rec["rejected"])))
-            pairs.extend((key, answer, other) for other in bad.get(key, []))
-    return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items()}
+        missed = (s["label"] == "compliance") != (rec["category"] == BENIGN_CLASS) or s["label"] == "non_answer"
+        _, good, bad = answers.setdefault(rec["prompt"], (rec, [], []))
+        (bad if missed else good).append(s["response"])
+    out: dict[str, list[Pair]] = {}
+    for prompt, (rec, good, bad) in answers.items():
+        pairs = out.setdefault(rec["category"], [])
+        pairs.extend((prompt, _answer(rec["chosen"]), b) for b in bad)
+        for g in good:
+            pairs.append((prompt, g, _answer(rec["rejected"])))
+            pairs.extend((prompt, g, b) for b in bad)
+    return {c: list(dict.fromkeys(pairs)) for c, pairs in out.items() if pairs}
 
 
 def _answer(text: str) -> str:

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from .lora import hf_model
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,9 @@ _KNOWN = {
 }
 
 
-def _hf_model(model):
-    """The transformers model inside a DeepSpeed engine (``.module``) and/or a peft wrapper."""
-    from .lora import hf_model
-
-    return hf_model(model)
-
-
 def logit_transform(model_or_config) -> LogitTransform:
     """The post-head transform a model's config declares."""
-    config = getattr(_hf_model(model_or_config), "config", model_or_config)
+    config = getattr(hf_model(model_or_config), "config", model_or_config)
     scale, softcap = 1.0, None
     for name, (kind, _) in _KNOWN.items():
         value = getattr(config, name, None)
@@ -88,7 +82,7 @@ def logit_transform(model_or_config) -> LogitTransform:
 @contextlib.contextmanager
 def neutral_logits(model):
     """Switch the known post-head transforms off (config and module attributes), restore on exit."""
-    hf = _hf_model(model)
+    hf = hf_model(model)
     saved = []
     for name, (_, off) in _KNOWN.items():
         for holder in (getattr(hf, "config", None), hf):
@@ -108,7 +102,7 @@ def verify(model, lm_head: torch.nn.Module, transform: LogitTransform, device, v
     """Run ``model`` on a few tokens and check that its logits are ``transform`` of the raw
     ``lm_head`` output, and raw under :func:`neutral_logits` (UserError otherwise). Under
     ZeRO-3 every rank must call it (the forward is a collective)."""
-    hf = _hf_model(model)
+    hf = hf_model(model)
     config = hf.config
     vocab = vocab_size or getattr(config, "vocab_size", None) or lm_head.out_features
     ids = (torch.arange(5, device=device) * 7919 % max(2, min(vocab, 32000)))[None]

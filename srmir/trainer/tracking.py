@@ -28,16 +28,13 @@ from typing import Optional
 
 from ..errors import UserError
 
-EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker → srmir extra
-
-
 def _require(module: str, tracker: str):
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"the {tracker} tracker needs the package '{tracker}': pip install 'srmir[{EXTRAS[tracker]}]'",
+        raise UserError(f"the {tracker} tracker needs the package '{tracker}': pip install 'srmir[{tracker}]'",
                         where="train.report_to") from None
 
 
