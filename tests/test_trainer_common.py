@@ -183,6 +183,45 @@ def finish(proc: subprocess.Popen, timeout: int) -> tuple[str, str]:
     return out, err
 
 
+def finish_together(procs: list[subprocess.Popen], timeout: int) -> None:
+    """Wait for several launchers at once (each pipe drained by its own thread, so none blocks on a
+    full pipe). The first to fail, or a timeout, kills every group and fails with *that* launcher's
+    output: with two torchrun "nodes", a rank that died on one leaves the other in its exit barrier,
+    and waiting on that one first would report a 300 s hang instead of the failure."""
+    import threading
+    import time
+
+    outputs: dict[int, tuple[str, str]] = {}
+    threads = [threading.Thread(target=lambda i=i, p=p: outputs.__setitem__(i, p.communicate()), daemon=True)
+               for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    culprit, why = None, ""
+    while culprit is None and any(t.is_alive() for t in threads):
+        for i, p in enumerate(procs):
+            if p.poll() not in (None, 0):
+                culprit, why = i, f"exited {p.returncode}"
+        if culprit is None and time.monotonic() > deadline:
+            culprit, why = next(i for i, p in enumerate(procs) if p.poll() is None), f"hung for {timeout} s"
+        time.sleep(0.2)
+    for i, p in enumerate(procs):
+        if p.poll() not in (None, 0) and culprit is None:
+            culprit, why = i, f"exited {p.returncode}"
+    if culprit is None:
+        for t in threads:
+            t.join()
+        return
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=30)
+    out, err = outputs.get(culprit, ("", ""))
+    raise AssertionError(f"{' '.join(map(str, procs[culprit].args))} {why}\n--- stdout\n{out[-3000:]}"
+                         f"\n--- stderr\n{err[-6000:]}")
+
+
 def run_cmd(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     out, err = finish(start(cmd), timeout)
     return subprocess.CompletedProcess(cmd, 0, out, err)

@@ -2,8 +2,6 @@
 ZeRO-3, the ``deepspeed`` launcher with 2 processes, and a 2-node launch (two torchrun invocations, one process each, c10d rendezvous on a port
 found at run time). This file is also the torchrun worker of the ZeRO-3 test (see ``__main__``)."""
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from srmir.trainer.metrics import read_metrics
 
-from test_trainer_common import PYTHON, ROOT, finish, free_port, make_bank, run_cmd, start, tiny_overrides, tiny_setup
+from test_trainer_common import PYTHON, ROOT, finish_together, free_port, make_bank, run_cmd, start, tiny_overrides, tiny_setup
 
 
 def launch_args(tmp_path, out, **extra):
@@ -72,13 +70,7 @@ def test_two_node_launch_on_localhost(tmp_path):
     procs = [start([PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
                     str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "srmir-test",
                     *args]) for node in (0, 1)]
-    try:
-        for p in procs:
-            finish(p, timeout=300)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    finish_together(procs, timeout=300)
     assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [1, 2]
     # both "nodes" share this disk: each node's local rank 0 renames, exactly one rename lands
     names = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())

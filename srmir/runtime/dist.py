@@ -53,15 +53,26 @@ def init(local_rank: int | None = None) -> torch.device:
         _skip_cpu_shm_op()
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        atexit.register(_destroy_single_process_group)
+        atexit.register(_destroy_process_group)
     return device
 
 
-def _destroy_single_process_group() -> None:
-    """At interpreter exit, a one-process group is destroyed (NCCL warns about one left behind);
-    with more ranks the launcher ends them."""
+def shutdown() -> None:
+    """End the process group cleanly on every rank: a barrier (no rank tears down while another is
+    still in the last collective), then ``destroy_process_group``. A process that exits with gloo's
+    threads still running can abort in a C++ destructor ("terminate called without an active
+    exception", SIGABRT) after its work is done: the launcher then reports a failed rank, and under
+    a 2-node torchrun the other node waits out its 300 s exit barrier."""
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """At interpreter exit, whatever group is left (an error path, or code that called ``train()``)
+    is destroyed without a barrier: the other ranks may be gone."""
     try:
-        if torch_dist.is_initialized() and torch_dist.get_world_size() == 1:
+        if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort on the way out
         pass

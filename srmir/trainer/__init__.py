@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if dist.is_main():
         print(f"srmir: final policy saved to {policy}")
+    dist.shutdown()
     return 0
 
 
