@@ -50,8 +50,18 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def run_main(fn: Callable[[], int]) -> int:
     """Run ``fn``; turn a UserError or an operating-system failure into one line on stderr and
-    exit status 2. (A one-process group is torn down at interpreter exit, ``runtime.dist``; tearing
-    it down here would break a caller that runs srmir again in the same process.)"""
+    exit status 2. A rank of a multi-rank run ends here (``runtime.dist.finish``). (A one-process
+    group is torn down at interpreter exit; tearing it down here would break a caller that runs
+    srmir again in the same process.)"""
+    code = _run(fn)
+    if "torch.distributed" in sys.modules:  # nothing distributed was started otherwise
+        from .runtime import dist
+
+        dist.finish(code)
+    return code
+
+
+def _run(fn: Callable[[], int]) -> int:
     try:
         return int(fn() or 0)
     except UserError as e:

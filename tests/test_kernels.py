@@ -404,6 +404,8 @@ _ZERO3_SCRIPT = textwrap.dedent("""
         {"E": engine_forward_step, "G": gather_step, "X": backward_after_gather}[step]()
     dist.barrier()
     dist.destroy_process_group()  # an exit with gloo's threads still running can abort ("terminate called ...")
+    sys.stdout.flush()
+    os._exit(0)  # and so can interpreter teardown after it (srmir.runtime.dist.finish)
 """)
 
 

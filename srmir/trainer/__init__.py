@@ -7,7 +7,6 @@ the loop itself is :class:`~srmir.trainer.recipe.GRPORecipe`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -57,16 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     if dist.is_main():
         print(f"srmir: final policy saved to {policy}")
-    several = dist.world_size() > 1
-    dist.shutdown()
-    if several:
-        # Skip interpreter finalization: a gloo worker thread can still hold a tensor when the
-        # interpreter tears down, and destroying it then aborts the process (SIGABRT, "terminate
-        # called without an active exception") even after destroy_process_group — about 1 loaded
-        # 2-node launch in 30 here. Everything is written and closed by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
 
 
