@@ -54,3 +54,17 @@ def test_hand_labels_of_the_demo_policies_cover_the_eval_sets_and_agree_with_the
                "judge_heldout.jsonl").read_text().splitlines()) if h["source"] == "smollm2-greedy"
                and h["template"] == "direct"}
     assert all(heldout[(r["set"], r["prompt"])] == r["label"] for r in rows if r["policy"] == "smollm2-base")
+
+
+def test_trained_policy_answers_are_labelled_answers_to_training_prompts_only():
+    import json
+
+    from srmir import data
+    from srmir.rewards.train import load_policy_samples
+
+    path = ROOT / "bench" / "data" / "trained_answers.jsonl"
+    rows = load_policy_samples(str(path))  # the rewards.policy_samples format, validated
+    _, _, test = data.stratified_split(data.load_records(data.shipped("cod")), 0.15, 0.15, 0)
+    eval_prompts = {r["prompt"] for r in test} | {r["prompt"] for r in data.load_benign(data.shipped("benign"))}
+    assert len(rows) == 200 and not {r["prompt"] for r in rows} & eval_prompts
+    assert {json.loads(line)["label"] for line in path.read_text().splitlines()} == {"refusal", "compliance", "non_answer"}
