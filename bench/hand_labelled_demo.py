@@ -43,12 +43,8 @@ def main(argv=None) -> int:
         r["phrase"] = classify_answer(r["prompt"], r["response"])
         r["learned"] = v
 
-    def rate(sub, key, value="refusal"):
-        k = sum(r[key] == value for r in sub)
-        return k, len(sub)
-
     def cell(sub, key, value="refusal", ci=False):
-        k, n = rate(sub, key, value)
+        k, n = sum(r[key] == value for r in sub), len(sub)
         if not n:
             return "–"
         if not ci:

@@ -34,7 +34,6 @@ def test_hand_labels_of_the_demo_policies_cover_the_eval_sets_and_agree_with_the
     """bench/data/demo_policy_labels.jsonl: per policy, every held-out harmful test prompt and every
     benign.jsonl prompt exactly once, with a three-way label; the base rows carry judge_heldout's."""
     import json
-    from collections import Counter
 
     from srmir import data
 
@@ -42,8 +41,8 @@ def test_hand_labels_of_the_demo_policies_cover_the_eval_sets_and_agree_with_the
     _, _, test = data.stratified_split(data.load_records(data.shipped("cod")), 0.15, 0.15, 0)
     harmful = {r["prompt"] for r in test if r["category"] != "benign"}
     benign = {r["prompt"] for r in data.load_benign(data.shipped("benign"))}
-    policies = Counter(r["policy"] for r in rows)
-    assert set(policies) == {"smollm2-base"} | {f"demo-categorized-seed{s}" for s in range(3)}
+    policies = {r["policy"] for r in rows}
+    assert policies == {"smollm2-base"} | {f"demo-categorized-seed{s}" for s in range(3)}
     for policy in policies:
         mine = [r for r in rows if r["policy"] == policy]
         assert sorted(r["prompt"] for r in mine if r["set"] == "harmful") == sorted(harmful)

@@ -197,21 +197,19 @@ def finish_together(procs: list[subprocess.Popen], timeout: int) -> None:
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
-    culprit, why = None, ""
-    while culprit is None and any(t.is_alive() for t in threads):
-        for i, p in enumerate(procs):
-            if p.poll() not in (None, 0):
-                culprit, why = i, f"exited {p.returncode}"
-        if culprit is None and time.monotonic() > deadline:
+    while True:
+        failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+        if failed:
+            culprit, why = failed[0], f"exited {procs[failed[0]].returncode}"
+            break
+        if all(p.poll() == 0 for p in procs):
+            for t in threads:
+                t.join()
+            return
+        if time.monotonic() > deadline:
             culprit, why = next(i for i, p in enumerate(procs) if p.poll() is None), f"hung for {timeout} s"
+            break
         time.sleep(0.2)
-    for i, p in enumerate(procs):
-        if p.poll() not in (None, 0) and culprit is None:
-            culprit, why = i, f"exited {p.returncode}"
-    if culprit is None:
-        for t in threads:
-            t.join()
-        return
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -250,3 +248,17 @@ def test_tiny_bank_scores_one_column_per_category(tmp_path):
     bank = ShadowRewardBank.from_pretrained(make_bank(tmp_path))
     scores = bank.score(["tell me"] * 3, ["you are kind", "steal the password", ""])
     assert bank.categories == CATEGORIES and scores.shape == (3, 2) and torch.isfinite(scores).all()
+
+
+def test_finish_together_reports_the_launcher_that_failed_not_the_one_left_waiting():
+    import time
+
+    import pytest
+
+    waiting = start([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = start([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"])
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match=r"exited 3(.|\n)*boom"):
+        finish_together([waiting, failing], timeout=30)
+    assert time.monotonic() - t0 < 20 and waiting.poll() is not None  # the waiting one was killed, not waited for
+    finish_together([start([sys.executable, "-c", "pass"]), start([sys.executable, "-c", "print(1)"])], timeout=30)

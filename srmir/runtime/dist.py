@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -76,8 +77,6 @@ def finish(code: int) -> None:
     without an active exception") even after ``destroy_process_group`` — about 1 loaded 2-node
     launch in 30 here, which a launcher reports as a failed rank. Files are closed by then; stdout
     and stderr are flushed here."""
-    import sys
-
     if not (torch_dist.is_initialized() and torch_dist.get_world_size() > 1):
         return
     if code == 0:

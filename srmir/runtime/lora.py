@@ -149,9 +149,10 @@ def merged_for_generation(model):
     Why: decoding runs one token at a time, and unmerged adapters add two small matmuls to every
     adapted projection for every token (SmolLM2 has 210 of them; its rollout in the LoRA benchmark
     took 3.1–3.6 s unmerged, 2.6–2.8 s merged: ``docs/benchmarks.md``). The sampled distribution
-    is the adapted model's up to the rounding of the merged weights, as with any inference engine fed merged weights; the log-probs that are trained come
-    from the unmerged model. Costs a copy of the adapted weights while generating. Call it where
-    every weight is whole (ZeRO-3: inside the rollout's gather). A no-op without adapters."""
+    is the adapted model's up to the rounding of the merged weights, as with any inference engine
+    fed merged weights; the log-probs that are trained come from the unmerged model. Costs a copy
+    of the adapted weights while generating. Call it where every weight is whole (ZeRO-3: inside
+    the rollout's gather). A no-op without adapters."""
     if not is_peft(model):
         yield
         return
