@@ -61,7 +61,7 @@ def test_trained_policy_answers_are_labelled_answers_to_training_prompts_only():
     from srmir import data
     from srmir.rewards.train import load_policy_samples
 
-    path = ROOT / "bench" / "data" / "trained_answers.jsonl"
+    path = ROOT / "srmir" / "assets" / "judge" / "trained_answers.jsonl"
     rows = load_policy_samples(str(path))  # the rewards.policy_samples format, validated
     _, _, test = data.stratified_split(data.load_records(data.shipped("cod")), 0.15, 0.15, 0)
     eval_prompts = {r["prompt"] for r in test} | {r["prompt"] for r in data.load_benign(data.shipped("benign"))}

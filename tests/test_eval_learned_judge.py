@@ -11,8 +11,8 @@ import torch
 
 from srmir import data
 from srmir.eval.judges import Sample
-from srmir.eval.learned_judge import (LABELLED_ANSWERS, NON_ANSWER_PRIOR, WRITTEN_ANSWERS, AnswerClassifier, AnswerHead,
-                                      Embedded, Example, LearnedJudge, SentenceEncoder, features, load_or_train,
+from srmir.eval.learned_judge import (LABELLED_ANSWERS, NON_ANSWER_PRIOR, TRAINED_ANSWERS, WRITTEN_ANSWERS,
+                                      AnswerClassifier, AnswerHead, Embedded, Example, LearnedJudge, SentenceEncoder, features, load_or_train,
                                       prototypes, text_features, training_examples)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_training_data_is_deterministic_and_covers_three_verdicts():
     labels = {e.label for e in a}
     assert labels == {"refusal", "compliance", "non_answer"}
     kinds = {e.kind for e in a}
-    assert {"cod-chosen", "cod-rejected", "smollm2", "written", "filler", "off-topic", "echo"} <= kinds
+    assert {"cod-chosen", "cod-rejected", "smollm2", "written", "trained", "filler", "off-topic", "echo"} <= kinds
 
 
 def test_training_data_is_disjoint_from_eval_sets_and_heldout_labels():
@@ -43,7 +43,7 @@ def test_training_data_is_disjoint_from_eval_sets_and_heldout_labels():
     assert not prompts & {r["prompt"] for r in held}
     assert not answers & {r["response"].strip() for r in held}
     assert {r["label"] for r in held} == {"refusal", "compliance", "non_answer"}
-    for path in (LABELLED_ANSWERS, WRITTEN_ANSWERS):
+    for path in (LABELLED_ANSWERS, WRITTEN_ANSWERS, TRAINED_ANSWERS):
         shipped = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         assert all(r["label"] in ("refusal", "compliance", "non_answer") for r in shipped)
         assert len({r["id"] for r in shipped}) == len(shipped)

@@ -1,4 +1,4 @@
-"""How bench/data/trained_answers.jsonl was generated: greedy answers of the demo's *trained*
+"""How srmir/assets/judge/trained_answers.jsonl was generated: greedy answers of the demo's *trained*
 policies to the CoD *training* prompts, labelled by hand.
 
     python bench/data/trained_policy_answers.py OUT.jsonl POLICY_DIR [POLICY_DIR ...]
@@ -12,11 +12,10 @@ srmir.eval.generate as `srmir eval` does. The policies were the 24-step `categor
 policies of seeds 0, 1 and 2. The answers come out unlabelled; they were labelled by hand by the
 rules of bench/data/README.md.
 
-Tried once as extra training data for the learned judge tier (counted 3 times, like the other
-hand-labelled answers): its accuracy on the trained policies' held-out answers stayed at 0.55, so
-it is not part of the judge (docs/benchmarks.md). The rows have the format of
-``rewards.policy_samples`` (prompt, response, label), for an RM refresh on the trained policy's
-own answers.
+They are part of the learned judge tier's training data (kind ``trained``, counted 3 times like
+the other hand-labelled answers), beside the phrase tier's lecture rule (docs/benchmarks.md,
+"Judges on the trained policies' voice"). The rows have the format of ``rewards.policy_samples``
+(prompt, response, label), for an RM refresh on the trained policy's own answers.
 """
 import sys
 

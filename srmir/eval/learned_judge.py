@@ -43,6 +43,10 @@ Training data is built here, offline, from what srmir ships (:func:`training_exa
   SmolLM2 rarely produces but a safety-trained policy does: refusals that only moralize,
   over-refusals of benign requests, compliant answers full of safety words, lectures that neither
   decline nor deliver;
+- ``srmir/assets/judge/trained_answers.jsonl``: greedy answers of three GRPO-trained demo
+  policies to 200 of those training prompts, labelled by hand the same way: the moralizing voice
+  ("... is a serious offense and can result in severe consequences ...") that training on the
+  shadow RMs teaches and that neither of the sets above shows;
 - synthetic non-answers made from the above: repetition loops, filler that promises help or asks
   for details it was given, echoes of the request, answers paired with another request
   (off-topic) and gibberish.
@@ -71,14 +75,15 @@ from ..textstats import distinct_n, is_repetitive, max_ngram_repeats, words
 from .judges import (_EVASION_RE, _REFUSAL_RE, _SENTENCE_END, COMPLIANCE, NON_ANSWER, REFUSAL, VERDICTS, RefusalJudge,
                      Sample, Verdict, _clean, _digest, _stems, answer_part, classify_answer, is_refusal)
 
-FEATURE_VERSION = "answer-head-v2"
+FEATURE_VERSION = "answer-head-v3"
 L2 = 0.01  # ridge strength on the standardized features
 LABELLED_WEIGHT = 3  # how many times a hand-labelled policy answer counts against a CoD or synthetic one
 NON_ANSWER_PRIOR = 1.25  # subtracted from the non-answer logit: a non-answer needs e^1.25 ≈ 3.5× the odds
 ENCODER = "embedded:minilm"
 LABELLED_ANSWERS = Path(str(resources.files("srmir") / "assets" / "judge" / "smollm2_answers.jsonl"))
 WRITTEN_ANSWERS = Path(str(resources.files("srmir") / "assets" / "judge" / "written_answers.jsonl"))
-LABELLED_KINDS = ("smollm2", "written")  # the hand-labelled examples, counted LABELLED_WEIGHT times
+TRAINED_ANSWERS = Path(str(resources.files("srmir") / "assets" / "judge" / "trained_answers.jsonl"))
+LABELLED_KINDS = ("smollm2", "written", "trained")  # the hand-labelled examples, counted LABELLED_WEIGHT times
 
 
 # ---------------------------------------------------------------------------------- encoder
@@ -314,7 +319,8 @@ def training_examples(seed: int = 0, labelled: Path | None = None) -> list[Examp
         # no rows made from a refusal's explanation alone, nor refusal loops (the first version had
         # them): they taught the head that SmolLM2's preachy rambles are refusals, and the phrase
         # tier's flags already carry a looping refusal (issue 15 cross-validation)
-    for kind, path in (("smollm2", labelled or LABELLED_ANSWERS), ("written", WRITTEN_ANSWERS)):
+    for kind, path in (("smollm2", labelled or LABELLED_ANSWERS), ("written", WRITTEN_ANSWERS),
+                       ("trained", TRAINED_ANSWERS)):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         ex += [Example(r["prompt"], r["response"], r["label"], kind) for r in rows if r["prompt"] not in eval_prompts]
 
