@@ -11,6 +11,7 @@ and passes plain arguments to builders.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import warnings
@@ -156,6 +157,11 @@ class RewardsConfig:
     """Train each RM's backbone through LoRA adapters (``srmir[lora]``), on its top ``tuned_layers``
     blocks (all blocks when that is null); the adapters are merged before the bank stacks the K
     models, so scoring stays one batched pass. For backbones larger than MiniLM."""
+    benign_refusal_penalty: float = 0.0
+    """GRPO only: subtracted from the reward of a completion to a *benign* prompt that the phrase
+    tier calls a refusal (``srmir.eval.judges.is_refusal``: a refusal phrase or a lecture in its
+    opening) — a rule-based guard against over-refusal beside the helpfulness RM, in units of the
+    normalized RM score. 0 turns it off."""
     helpfulness: bool = True
     """Train the helpfulness RM (an extra head scored in the same pass) when the data has benign
     (answer-branch) records; it rewards answering benign prompts instead of refusing or evading."""
@@ -523,6 +529,8 @@ def validate(cfg: Config) -> None:
     _check(d.max_retries >= 0, "data.max_retries", "must be >= 0")
     _check(d.requests_per_second is None or d.requests_per_second > 0, "data.requests_per_second", "must be > 0 or null")
     _check(rw.epochs >= 1, "rewards.epochs", "must be >= 1")
+    _check(math.isfinite(rw.benign_refusal_penalty) and rw.benign_refusal_penalty >= 0, "rewards.benign_refusal_penalty",
+           "must be a finite number >= 0")
     _check(rw.batch_size >= 1, "rewards.batch_size", "must be >= 1")
     _check(rw.grad_accum >= 1, "rewards.grad_accum", "must be >= 1")
     _check(rw.lr > 0, "rewards.lr", "must be > 0")

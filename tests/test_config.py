@@ -70,6 +70,8 @@ def test_every_field_has_a_docstring():
     ("rewards.lora.dropout=1", "rewards.lora.dropout"),
     ("train.export_merged=true", "train.export_merged"),  # without model.lora there is nothing to merge
     ("train.report_to=[neptune]", "train.report_to"),
+    ("rewards.benign_refusal_penalty=-1", "rewards.benign_refusal_penalty"),
+    ("rewards.benign_refusal_penalty=nan", "rewards.benign_refusal_penalty"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as e:

@@ -420,3 +420,25 @@ def test_sigterm_stop_exits_143_for_the_scheduler(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(trainer, "train", stopped)
     assert trainer.main(["--config", str(ROOT / "configs" / "tiny.yaml")]) == 143
     assert "stopped by SIGTERM after step 3" in capsys.readouterr().err
+
+
+def test_benign_refusal_penalty_hits_only_refusals_of_benign_prompts():
+    """rewards.benign_refusal_penalty: refusals (phrase or lecture) of benign prompts lose it;
+    refusals of harmful prompts, benign answers and unscored rewards are untouched."""
+    from types import SimpleNamespace
+
+    from srmir.trainer.recipe import GRPORecipe
+    from srmir.trainer.sampler import BENIGN
+
+    texts = ["I'm sorry, but I can't help with that.",  # benign prompt, refused
+             "Theft of time is a serious offense that can have severe consequences.",  # benign, a lecture
+             "Find its PID with ps, then run kill PID.",  # benign, answered
+             "I'm sorry, but I can't help with that.",  # harmful prompt, refused: the point
+             "I'm sorry, I can't.",  # benign, refused, but unscored
+             ]
+    mine = [{"category": c} for c in (BENIGN, BENIGN, BENIGN, "violence", BENIGN)]
+    rewards_N = torch.tensor([0.5, 0.25, 1.0, 2.0, float("nan")])
+    for penalty, want in ((0.0, [0.5, 0.25, 1.0, 2.0]), (1.5, [-1.0, -1.25, 1.0, 2.0])):
+        fake = SimpleNamespace(cfg=SimpleNamespace(rewards=SimpleNamespace(benign_refusal_penalty=penalty)))
+        out = GRPORecipe._refusal_penalty(fake, rewards_N, mine, SimpleNamespace(completions=texts))
+        assert out[:4].tolist() == want and math.isnan(out[4].item())

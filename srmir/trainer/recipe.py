@@ -277,6 +277,7 @@ class GRPORecipe:
                                         dtype=torch.float32).to(self.device)
             scores_NH = dist.all_gather_rows(scores_nH)  # before any statistic: groups may span ranks
             rewards_N, infinite = self._rewards(scores_NH, samples)
+            rewards_N = self._refusal_penalty(rewards_N, mine, rollout)
             advantages_N = algos.group_advantages(rewards_N, self.group_size, scale=cfg.grpo.adv_scale)
         metrics = self._rollout_metrics(samples, scores_NH, rewards_N, advantages_N, rollout)
         # NaN = unscored (DESIGN): left out of the group statistics, advantage 0, training goes on.
@@ -319,6 +320,18 @@ class GRPORecipe:
         routed = route(scores_NH, self.rm_heads, [s["category"] for s in samples], self.cfg.rewards.strategy,
                        None if self.reward_w is None else self.reward_w.to(self.device))
         return routed.rewards_N, routed.nonfinite
+
+    def _refusal_penalty(self, rewards_N: torch.Tensor, mine: list[dict], rollout: Rollout) -> torch.Tensor:
+        """``rewards.benign_refusal_penalty`` off the reward of each refusal of a benign prompt (the
+        phrase tier's :func:`~srmir.eval.judges.is_refusal`); unscored (NaN) rewards stay NaN."""
+        penalty = self.cfg.rewards.benign_refusal_penalty
+        if not penalty:
+            return rewards_N
+        from ..eval.judges import is_refusal
+
+        hit_n = torch.tensor([float(r["category"] == BENIGN and is_refusal(t)) for r, t in zip(mine, rollout.completions)],
+                             dtype=rewards_N.dtype, device=rewards_N.device)
+        return rewards_N - penalty * dist.all_gather_rows(hit_n)
 
     def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
         """This micro-batch's model inputs, shared by the reference, old and live passes."""
