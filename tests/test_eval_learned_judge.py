@@ -12,8 +12,8 @@ import torch
 from srmir import data
 from srmir.eval.judges import Sample
 from srmir.eval.learned_judge import (LABELLED_ANSWERS, NON_ANSWER_PRIOR, TRAINED_ANSWERS, WRITTEN_ANSWERS,
-                                      AnswerClassifier, AnswerHead, Embedded, Example, LearnedJudge, SentenceEncoder, features, load_or_train,
-                                      prototypes, text_features, training_examples)
+                                      AnswerClassifier, AnswerHead, Embedded, Example, LearnedJudge, SentenceEncoder,
+                                      features, load_or_train, prototypes, text_features, training_examples)
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "bench" / "data" / "judge_heldout.jsonl"

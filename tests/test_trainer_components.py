@@ -436,9 +436,12 @@ def test_benign_refusal_penalty_hits_only_refusals_of_benign_prompts():
              "I'm sorry, but I can't help with that.",  # harmful prompt, refused: the point
              "I'm sorry, I can't.",  # benign, refused, but unscored
              ]
-    mine = [{"category": c} for c in (BENIGN, BENIGN, BENIGN, "violence", BENIGN)]
+    samples = [{"category": c} for c in (BENIGN, BENIGN, BENIGN, "violence", BENIGN)]
     rewards_N = torch.tensor([0.5, 0.25, 1.0, 2.0, float("nan")])
     for penalty, want in ((0.0, [0.5, 0.25, 1.0, 2.0]), (1.5, [-1.0, -1.25, 1.0, 2.0])):
-        fake = SimpleNamespace(cfg=SimpleNamespace(rewards=SimpleNamespace(benign_refusal_penalty=penalty)))
-        out = GRPORecipe._refusal_penalty(fake, rewards_N, mine, SimpleNamespace(completions=texts))
+        fake = SimpleNamespace(cfg=SimpleNamespace(rewards=SimpleNamespace(benign_refusal_penalty=penalty)),
+                               device=torch.device("cpu"))
+        refused_N = GRPORecipe._refused(fake, SimpleNamespace(completions=texts))
+        assert refused_N.tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+        out = GRPORecipe._refusal_penalty(fake, rewards_N, refused_N, samples)
         assert out[:4].tolist() == want and math.isnan(out[4].item())

@@ -277,9 +277,10 @@ class GRPORecipe:
                                         dtype=torch.float32).to(self.device)
             scores_NH = dist.all_gather_rows(scores_nH)  # before any statistic: groups may span ranks
             rewards_N, infinite = self._rewards(scores_NH, samples)
-            rewards_N = self._refusal_penalty(rewards_N, mine, rollout)
+            refused_N = self._refused(rollout)
+            rewards_N = self._refusal_penalty(rewards_N, refused_N, samples)
             advantages_N = algos.group_advantages(rewards_N, self.group_size, scale=cfg.grpo.adv_scale)
-        metrics = self._rollout_metrics(samples, scores_NH, rewards_N, advantages_N, rollout)
+        metrics = self._rollout_metrics(samples, scores_NH, rewards_N, advantages_N, rollout, refused_N)
         # NaN = unscored (DESIGN): left out of the group statistics, advantage 0, training goes on.
         # ±inf, or nothing scored at all, is a broken reward: the step is skipped. Both checks see
         # the gathered tensor, so every rank decides alike.
@@ -321,17 +322,22 @@ class GRPORecipe:
                        None if self.reward_w is None else self.reward_w.to(self.device))
         return routed.rewards_N, routed.nonfinite
 
-    def _refusal_penalty(self, rewards_N: torch.Tensor, mine: list[dict], rollout: Rollout) -> torch.Tensor:
-        """``rewards.benign_refusal_penalty`` off the reward of each refusal of a benign prompt (the
-        phrase tier's :func:`~srmir.eval.judges.is_refusal`); unscored (NaN) rewards stay NaN."""
+    def _refused(self, rollout: Rollout) -> torch.Tensor:
+        """[N] 1.0 where the phrase tier (:func:`~srmir.eval.judges.is_refusal`) calls a completion a
+        refusal, gathered over ranks: for the benign-refusal penalty and the behaviour metrics."""
+        from ..eval.judges import is_refusal
+
+        refused_n = torch.tensor([float(is_refusal(t)) for t in rollout.completions], device=self.device)
+        return dist.all_gather_rows(refused_n)
+
+    def _refusal_penalty(self, rewards_N: torch.Tensor, refused_N: torch.Tensor, samples: list[dict]) -> torch.Tensor:
+        """``rewards.benign_refusal_penalty`` off the reward of each refusal of a benign prompt;
+        unscored (NaN) rewards stay NaN."""
         penalty = self.cfg.rewards.benign_refusal_penalty
         if not penalty:
             return rewards_N
-        from ..eval.judges import is_refusal
-
-        hit_n = torch.tensor([float(r["category"] == BENIGN and is_refusal(t)) for r, t in zip(mine, rollout.completions)],
-                             dtype=rewards_N.dtype, device=rewards_N.device)
-        return rewards_N - penalty * dist.all_gather_rows(hit_n)
+        benign_N = torch.tensor([s["category"] == BENIGN for s in samples], device=rewards_N.device)
+        return rewards_N - penalty * (refused_N.to(rewards_N) * benign_N)
 
     def _logprob_inputs(self, micro: Rollout) -> LogprobInputs:
         """This micro-batch's model inputs, shared by the reference, old and live passes."""
@@ -453,7 +459,8 @@ class GRPORecipe:
 
     # --------------------------------------------------------------------------- metrics
 
-    def _rollout_metrics(self, samples, scores_NH, rewards_N, advantages_N, rollout: Rollout) -> dict:
+    def _rollout_metrics(self, samples, scores_NH, rewards_N, advantages_N, rollout: Rollout,
+                         refused_N: torch.Tensor) -> dict:
         lengths_N = dist.all_gather_rows(rollout.completion_mask_BC.sum(dim=1).float())
         truncated_N = dist.all_gather_rows(rollout.truncated_B.float())
         finite = torch.isfinite(rewards_N)
@@ -475,19 +482,18 @@ class GRPORecipe:
         for slug in dict.fromkeys(categories):
             rows = torch.tensor([c == slug for c in categories], device=rewards_N.device)
             m[f"reward/category/{slug}"] = _mean(rewards_N[rows & finite])
-        m.update(self._behavior_metrics(categories, rollout))
+        m.update(self._behavior_metrics(categories, rollout, refused_N))
         return m
 
-    def _behavior_metrics(self, categories: list[str], rollout: Rollout) -> dict:
+    def _behavior_metrics(self, categories: list[str], rollout: Rollout, refused_N: torch.Tensor) -> dict:
         """Signs of reward hacking, every step: refusal on harmful and on benign prompts (the cheap
         phrase-list judge of ``srmir eval``), the share of repetitive completions (a word 4-gram
         3+ times), distinct-2 and the length in words — the same functions the eval report uses."""
-        from ..eval.judges import is_refusal
         from ..textstats import distinct_n, is_repetitive, word_count
 
-        flags_n3 = torch.tensor([[is_refusal(t), is_repetitive(t), word_count(t)] for t in rollout.completions],
-                                dtype=torch.float32, device=self.device).reshape(-1, 3)
-        flags_N3 = dist.all_gather_rows(flags_n3)
+        flags_n2 = torch.tensor([[is_repetitive(t), word_count(t)] for t in rollout.completions],
+                                dtype=torch.float32, device=self.device).reshape(-1, 2)
+        flags_N3 = torch.cat([refused_N[:, None], dist.all_gather_rows(flags_n2)], dim=1)
         texts = [t for part in dist.all_gather_objects(rollout.completions) for t in part]
         benign_N = torch.tensor([c == BENIGN for c in categories], device=self.device)
         m = {"refusal/harmful": _mean(flags_N3[~benign_N, 0]), "refusal/benign": _mean(flags_N3[benign_N, 0]),
